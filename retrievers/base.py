@@ -1,0 +1,43 @@
+"""The retriever contract every backend satisfies: dense, BM25, hybrid, in-memory and the HTTP client."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One retrieved document.
+
+    Attributes:
+        id: the document's id in its corpus.
+        title: document title ("" when the corpus has none).
+        text: document body without the title.
+        score: retrieval score; higher is better. Comparable only within one retriever.
+    """
+
+    id: str
+    title: str
+    text: str
+    score: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def contents(self) -> str:
+        """The Search-R1 `contents` form: `"Title"\\ntext`."""
+        return f'"{self.title}"\n{self.text}'
+
+
+@runtime_checkable
+class Retriever(Protocol):
+    """Anything that answers a batch of queries with the k best documents each.
+
+    `search(["q1", "q2"], k=3)` returns `[[Hit, Hit, Hit], [Hit, Hit, Hit]]`, best first. Fewer than k
+    hits are returned when the corpus is smaller than k. Implementations may raise; environments catch and
+    report it.
+    """
+
+    def search(self, queries: list[str], k: int) -> list[list[Hit]]: ...

@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from typer.testing import CliRunner
+
+from agentrl.cli.main import app
+
+REPO = Path(__file__).resolve().parents[2]
+runner = CliRunner()
+
+
+def test_help_lists_command_groups() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for group in ("info", "config"):
+        assert group in result.output
+
+
+def test_console_script_help_runs() -> None:
+    exe = Path(sys.executable).parent / "agentrl"
+    command = [str(exe)] if exe.exists() else [sys.executable, "-m", "agentrl.cli.main"]
+    result = subprocess.run([*command, "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "config" in result.stdout
+
+
+def test_info_json_reports_versions_devices_and_caches() -> None:
+    result = runner.invoke(app, ["info", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["packages"]["torch"]
+    assert isinstance(data["devices"]["cuda_available"], bool)
+    assert "faiss_gpus" in data["devices"]
+    assert data["ray"]["available"] in (True, False)
+    assert data["caches"]["models"].endswith("models")
+    assert set(data["bundled_models"]) == {"smollm2-135m-instruct", "all-minilm-l6-v2"}
+
+
+def test_info_human_readable() -> None:
+    result = runner.invoke(app, ["info"])
+    assert result.exit_code == 0, result.output
+    assert "CUDA" in result.output and "Ray" in result.output
+
+
+def test_config_show_prints_resolved_yaml() -> None:
+    result = runner.invoke(
+        app, ["config", "show", str(REPO / "configs" / "quickstart.yaml"), "rollout.group_size=6"]
+    )
+    assert result.exit_code == 0, result.output
+    data = yaml.safe_load(result.output)
+    assert data["rollout"]["group_size"] == 6
+    assert data["model"]["name"] == "bundled:smollm2-135m-instruct"
+    assert "executor" in data["rollout"]
+
+
+def test_config_show_misspelt_override_fails_cleanly() -> None:
+    result = runner.invoke(
+        app, ["config", "show", str(REPO / "configs" / "quickstart.yaml"), "rollout.grup_size=6"]
+    )
+    assert result.exit_code == 2
+    assert "rollout.grup_size" in result.output
+    assert "rollout.group_size" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_config_show_misspelt_yaml_key(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  nmae: x\n")
+    result = runner.invoke(app, ["config", "show", str(bad)])
+    assert result.exit_code == 2
+    assert "model.nmae" in result.output and "model.name" in result.output and "bad.yaml" in result.output

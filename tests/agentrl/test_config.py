@@ -1,0 +1,125 @@
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from agentrl.config import ConfigError, dump_config, load_config, read_yaml
+from agentrl.experiment import ExperimentConfig
+
+REPO = Path(__file__).resolve().parents[2]
+QUICKSTART = REPO / "configs" / "quickstart.yaml"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "cfg.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_quickstart_loads_and_round_trips(tmp_path: Path) -> None:
+    cfg = load_config(ExperimentConfig, QUICKSTART)
+    assert cfg.model.name == "bundled:smollm2-135m-instruct"
+    assert cfg.rollout.group_size == 4
+    dumped = write(tmp_path, dump_config(cfg))
+    assert load_config(ExperimentConfig, dumped) == cfg
+
+
+def test_every_yaml_key_is_a_field() -> None:
+    raw = read_yaml(QUICKSTART)
+    cfg = load_config(ExperimentConfig, QUICKSTART)
+    for section, values in raw.items():
+        if isinstance(values, dict):
+            for key, value in values.items():
+                assert getattr(getattr(cfg, section), key) == value
+
+
+def test_misspelt_key_in_yaml_names_key_file_and_closest(tmp_path: Path) -> None:
+    path = write(tmp_path, "rollout:\n  group_szie: 8\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(ExperimentConfig, path)
+    message = str(err.value)
+    assert "rollout.group_szie" in message
+    assert str(path) in message
+    assert "rollout.group_size" in message
+
+
+def test_misspelt_section_suggests_section(tmp_path: Path) -> None:
+    path = write(tmp_path, "rolout:\n  group_size: 8\n")
+    with pytest.raises(ConfigError, match=r"'rolout'.*did you mean 'rollout'"):
+        load_config(ExperimentConfig, path)
+
+
+def test_misspelt_override_names_override_and_closest() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(ExperimentConfig, QUICKSTART, ["rollout.temprature=0.5"])
+    message = str(err.value)
+    assert "rollout.temprature=0.5" in message
+    assert "rollout.temperature" in message
+
+
+def test_overrides_are_typed_by_field() -> None:
+    cfg = load_config(
+        ExperimentConfig,
+        QUICKSTART,
+        ["rollout.group_size=8", "rollout.temperature=0.7", "model.name=123", "retriever.url=null"],
+    )
+    assert cfg.rollout.group_size == 8
+    assert cfg.rollout.temperature == 0.7
+    assert cfg.model.name == "123"
+    assert cfg.retriever.url is None
+
+
+def test_wrong_type_names_key_and_expected_type(tmp_path: Path) -> None:
+    path = write(tmp_path, "rollout:\n  group_size: four\n")
+    with pytest.raises(ConfigError, match=r"'rollout.group_size' must be int, got str 'four'"):
+        load_config(ExperimentConfig, path)
+    with pytest.raises(ConfigError, match="must be int"):
+        load_config(ExperimentConfig, QUICKSTART, ["rollout.group_size=2.5"])
+    with pytest.raises(ConfigError, match="must be bool"):
+        load_config(ExperimentConfig, QUICKSTART, ["output.tensorboard=3"])
+
+
+def test_literal_choices_suggest_closest() -> None:
+    with pytest.raises(ConfigError, match=r"one of \['local', 'ray'\].*did you mean 'ray'"):
+        load_config(ExperimentConfig, QUICKSTART, ["rollout.executor=rey"])
+
+
+def test_override_into_non_section_fails() -> None:
+    with pytest.raises(ConfigError, match="not a section"):
+        load_config(ExperimentConfig, QUICKSTART, ["seed.value=1"])
+
+
+def test_malformed_override() -> None:
+    with pytest.raises(ConfigError, match="key.sub=value"):
+        load_config(ExperimentConfig, QUICKSTART, ["rollout.group_size"])
+
+
+@dataclass
+class Inner:
+    path: str
+    ratio: float = 0.5
+
+
+@dataclass
+class Outer:
+    inner: Inner
+    tags: list[str] = field(default_factory=list)
+
+
+def test_missing_required_value(tmp_path: Path) -> None:
+    path = write(tmp_path, "inner:\n  ratio: 0.1\n")
+    with pytest.raises(ConfigError, match=r"missing required value 'inner.path'"):
+        load_config(Outer, path)
+    cfg = load_config(Outer, path, ["inner.path=/data/x", "tags=[a, b]"])
+    assert cfg.inner.path == "/data/x" and cfg.tags == ["a", "b"]
+
+
+def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(ExperimentConfig, tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(ExperimentConfig, write(tmp_path, "a: [1, 2\n"))
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        load_config(ExperimentConfig, write(tmp_path, "- 1\n- 2\n"))

@@ -1,0 +1,77 @@
+"""Model resolution. The bundled-model tests load real weights (about a minute the first time)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from agentrl.models import (
+    ModelNotFoundError,
+    bundled_path,
+    convert_bundled_gguf,
+    load_encoder,
+    load_gguf,
+    load_model,
+    resolve_encoder_path,
+    resolve_model_path,
+)
+from tests.conftest import requires_minilm, requires_smollm2
+
+
+def test_unknown_bundled_name_lists_choices() -> None:
+    with pytest.raises(ModelNotFoundError, match="bundled:smollm2-135m-instruct"):
+        resolve_model_path("bundled:smollm3")
+    with pytest.raises(ModelNotFoundError, match="not a bundled encoder"):
+        resolve_encoder_path("bundled:smollm2-135m-instruct")
+
+
+def test_missing_local_directory_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ModelNotFoundError, match="does not exist"):
+        resolve_model_path(str(tmp_path / "no-such-model"))
+    file = tmp_path / "file.bin"
+    file.write_text("x")
+    with pytest.raises(ModelNotFoundError, match="not a directory"):
+        resolve_model_path(str(file))
+
+
+def test_hub_id_passes_through() -> None:
+    assert resolve_model_path("Qwen/Qwen3-0.6B") == "Qwen/Qwen3-0.6B"
+
+
+@requires_smollm2
+@pytest.mark.slow
+def test_cached_conversion_generates_like_the_gguf() -> None:
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    gguf_model, gguf_tokenizer = load_gguf(bundled_path("smollm2-135m-instruct"))
+    cached_dir = convert_bundled_gguf()
+    assert (cached_dir / "model.safetensors").exists()
+    model, tokenizer = load_model("bundled:smollm2-135m-instruct", device="cpu")
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    gguf_ids = gguf_tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
+    assert torch.equal(ids["input_ids"], gguf_ids["input_ids"])
+    kwargs = {"max_new_tokens": 24, "do_sample": False, "pad_token_id": tokenizer.pad_token_id}
+    with torch.no_grad():
+        out_cached = model.generate(**ids, **kwargs)
+        out_gguf = gguf_model.generate(**gguf_ids, **kwargs)
+    assert out_cached.tolist() == out_gguf.tolist()
+    assert out_cached.shape[1] > ids["input_ids"].shape[1]
+
+
+@requires_minilm
+def test_bundled_minilm_ranks_paraphrase_above_unrelated() -> None:
+    encoder = load_encoder("bundled:all-minilm-l6-v2", device="cpu")
+    anchor, paraphrase, unrelated = encoder.encode(
+        [
+            "The cat is sleeping on the sofa.",
+            "A kitten naps on the couch.",
+            "Quarterly revenue rose by eight percent.",
+        ],
+        normalize_embeddings=True,
+        convert_to_tensor=True,
+    )
+    assert float(anchor @ paraphrase) > float(anchor @ unrelated) + 0.2
+    assert anchor.shape == (384,)

