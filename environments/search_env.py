@@ -1,9 +1,10 @@
 """Multi-turn search QA environment: the Search-R1 protocol with WAPO's reward (appendix F.2).
 
-Each turn the agent reasons in `<think>...</think>` and then either searches with `<search> query </search>`
-(the environment answers with the top-k documents between `<information>` and `</information>`) or answers with
-`<answer> ... </answer>`, which ends the episode. Other turns get a short corrective observation and count as
-invalid. After `max_turns` turns without an answer the episode is truncated.
+Each turn the agent reasons in `<think>...</think>` and then either searches with
+`<search> query </search>` (the environment answers with the top-k documents between `<information>` and
+`</information>`) or answers with `<answer> ... </answer>`, which ends the episode. Other turns get a short
+corrective observation and count as invalid. After `max_turns` turns without an answer the episode is
+truncated.
 
 Reward on the final step: (w * R_fmt + score) / (1 + w), with `score` the answer's F1 (or EM / sub-EM) against
 the gold answers and R_fmt = 1 when every assistant turn was well-formed and the episode ended with an answer;
