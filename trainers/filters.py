@@ -1,0 +1,258 @@
+"""Token-level filters and weights, composable with any advantage scheme.
+
+Every filter reads detached per-token statistics of the current policy (from `trainers.logprobs.token_stats`
+under `torch.no_grad()`), the per-trajectory advantages and the loss mask, and returns a `FilterResult`:
+
+* `keep` [B, T] bool: tokens still carrying loss (a subset of the loss mask);
+* `weights` [B, T] float: multiplicative per-token weights (1 where the filter does not reweight);
+* `renormalize`: whether the loss denominators should count only kept tokens. Pass `result.count_mask` to
+  `LossNormalizer.build` (it is `keep` when renormalizing, else the original loss mask) and `result.keep` as
+  the micro-batches' loss mask.
+
+Scope: thresholds that depend on a distribution (STAPO's entropy quantile, the high-entropy top-ρ, the
+covariance statistics) are computed over the tokens passed in, so call the filters once per optimizer step on
+the whole minibatch, then slice the result into micro-batches. The statistics come from the no-grad pass that
+recomputes the minibatch's log-probs before the update (`token_stats` gives log π, entropy and C(p) at once).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from agentrl.registry import Registry
+
+Tensor = torch.Tensor
+
+TAXONOMY = ("pos_peak", "pos_valley", "neg_peak", "neg_valley", "pos", "neg", "peak", "valley")
+
+
+@dataclass
+class FilterInputs:
+    """Detached per-token statistics of one minibatch.
+
+    Attributes:
+        loss_mask: [B, T] agent tokens.
+        advantages: [B] per-trajectory advantages (or [B, T]).
+        logprobs: [B, T] log π(y_t) under the current policy.
+        entropy: [B, T] token entropy H_t.
+        collision: [B, T] C(p) = Σ_j p_j² (peak/valley reference level).
+        group_ids: [B] group of each trajectory (covariance reweighting).
+    """
+
+    loss_mask: Tensor
+    advantages: Tensor
+    logprobs: Tensor | None = None
+    entropy: Tensor | None = None
+    collision: Tensor | None = None
+    group_ids: Tensor | None = None
+
+    def token_advantages(self) -> Tensor:
+        a = self.advantages.double()
+        return a[:, None].expand(self.loss_mask.shape) if a.dim() == 1 else a
+
+    def need(self, name: str, owner: str) -> Tensor:
+        value = getattr(self, name)
+        if value is None:
+            raise ValueError(f"token filter {owner!r} needs {name}")
+        return value.detach()
+
+
+@dataclass
+class FilterResult:
+    """What a filter tells the aggregator (see module docstring)."""
+
+    keep: Tensor
+    weights: Tensor
+    renormalize: bool = True
+    original_mask: Tensor | None = None
+
+    @property
+    def count_mask(self) -> Tensor:
+        """[B, T] the mask whose tokens the loss denominators count."""
+        if self.renormalize or self.original_mask is None:
+            return self.keep
+        return self.original_mask
+
+    @property
+    def dropped_fraction(self) -> float:
+        """Fraction of the loss-mask tokens the filters dropped."""
+        base = self.original_mask if self.original_mask is not None else self.keep
+        total = float(base.sum())
+        return 0.0 if total == 0 else 1.0 - float(self.keep.sum()) / total
+
+
+def masked_quantile(values: Tensor, mask: Tensor, q: float) -> float:
+    """Lower q-quantile (the ceil(q·n)-th smallest) of `values` over `mask`; nan when the mask is empty."""
+    v = values.detach()[mask.bool()].double()
+    if v.numel() == 0:
+        return float("nan")
+    v = torch.sort(v).values
+    idx = min(max(math.ceil(q * v.numel() - 1e-9) - 1, 0), v.numel() - 1)
+    return float(v[idx])
+
+
+def stapo_mask(inputs: FilterInputs, *, tau_p: float = 2e-3, entropy_top_fraction: float = 0.2) -> Tensor:
+    """STAPO S2T keep mask [B, T] (STAPO eq. 1, Remark 3.5).
+
+    Drops token t of trajectory i when A_i > 0, π(y_t) < τ_p (absolute) and H_t < τ_h, where τ_h is the
+    (1 - entropy_top_fraction) quantile of H over the minibatch's loss tokens.
+    """
+    mask = inputs.loss_mask.bool()
+    probs = inputs.need("logprobs", "stapo").exp()
+    entropy = inputs.need("entropy", "stapo")
+    tau_h = masked_quantile(entropy, mask, 1.0 - entropy_top_fraction)
+    spurious = (inputs.token_advantages() > 0) & (probs < tau_p) & (entropy < tau_h) & mask
+    return mask & ~spurious
+
+
+def high_entropy_mask(inputs: FilterInputs, *, top_fraction: float = 0.2) -> Tensor:
+    """Keep only the top-ρ entropy tokens of the minibatch ("20-Entropy"): H_t >= its (1-ρ) quantile."""
+    mask = inputs.loss_mask.bool()
+    entropy = inputs.need("entropy", "high_entropy")
+    threshold = masked_quantile(entropy, mask, 1.0 - top_fraction)
+    return mask & (entropy >= threshold)
+
+
+def taxonomy_masks(inputs: FilterInputs) -> dict[str, Tensor]:
+    """WAPO eq. 2 token taxonomy: peak if π(y_t) >= C(p), valley otherwise, crossed with the sign of A.
+
+    Returns the eight [B, T] bool masks of TAXONOMY (tokens with A = 0 are in neither pos nor neg).
+    """
+    mask = inputs.loss_mask.bool()
+    probs = inputs.need("logprobs", "peak_valley").exp()
+    peak = (probs >= inputs.need("collision", "peak_valley")) & mask
+    valley = ~peak & mask
+    adv = inputs.token_advantages()
+    pos = (adv > 0) & mask
+    neg = (adv < 0) & mask
+    return {
+        "pos_peak": pos & peak,
+        "pos_valley": pos & valley,
+        "neg_peak": neg & peak,
+        "neg_valley": neg & valley,
+        "pos": pos,
+        "neg": neg,
+        "peak": peak,
+        "valley": valley,
+    }
+
+
+def covariance_values(inputs: FilterInputs) -> Tensor:
+    """[B, T] c_t = (log π_t - mean log π)(A_i - mean A), means over the group's loss tokens (0 off-mask)."""
+    mask = inputs.loss_mask.bool()
+    m = mask.double()
+    lp = inputs.need("logprobs", "cov_gaussian").double() * m
+    adv = inputs.token_advantages() * m
+    gid = inputs.group_ids
+    if gid is None:
+        gid = torch.zeros(mask.shape[0], dtype=torch.long)
+    _, inv = torch.unique(gid, return_inverse=True)
+    n_groups = int(inv.max()) + 1 if inv.numel() else 0
+
+    def group_sum(x: Tensor) -> Tensor:
+        return torch.zeros(n_groups, dtype=torch.float64).index_add_(0, inv, x.sum(-1))
+
+    count = group_sum(m).clamp_min(1)
+    mean_lp = (group_sum(lp) / count)[inv][:, None]
+    mean_a = (group_sum(adv) / count)[inv][:, None]
+    return (lp - mean_lp) * (adv - mean_a) * m
+
+
+def cov_gaussian_weights(inputs: FilterInputs) -> Tensor:
+    """[B, T] covariance-aware Gaussian reweighting (CW-GRPO, sec. 2.3).
+
+    w_t = exp(-c_t²/(2σ_c²)) with σ_c the standard deviation of c over the group's loss tokens, then
+    w̃_t = w_t·N/Σw over the group's N tokens, so each group keeps its total weight. σ_c = 0 gives w = 1.
+    """
+    mask = inputs.loss_mask.bool()
+    m = mask.double()
+    c = covariance_values(inputs)
+    gid = inputs.group_ids
+    if gid is None:
+        gid = torch.zeros(mask.shape[0], dtype=torch.long)
+    _, inv = torch.unique(gid, return_inverse=True)
+    n_groups = int(inv.max()) + 1 if inv.numel() else 0
+
+    def group_sum(x: Tensor) -> Tensor:
+        return torch.zeros(n_groups, dtype=torch.float64).index_add_(0, inv, x.sum(-1))
+
+    count = group_sum(m)
+    mean_c = group_sum(c) / count.clamp_min(1)
+    var_c = group_sum(((c - mean_c[inv][:, None]) ** 2) * m) / count.clamp_min(1)
+    var_tok = var_c[inv][:, None].expand_as(c)
+    w = torch.where(var_tok > 0, torch.exp(-(c**2) / (2 * var_tok.clamp_min(1e-300))), torch.ones_like(c)) * m
+    total = group_sum(w)
+    scale = torch.where(total > 0, count / total.clamp_min(1e-300), torch.ones_like(total))
+    return w * scale[inv][:, None]
+
+
+FilterFn = Callable[..., FilterResult]
+FILTERS: Registry[FilterFn] = Registry("token filter")
+
+
+def _result(inputs: FilterInputs, keep: Tensor | None = None, weights: Tensor | None = None) -> FilterResult:
+    mask = inputs.loss_mask.bool()
+    return FilterResult(
+        keep=mask if keep is None else keep,
+        weights=torch.ones_like(mask, dtype=torch.float64) if weights is None else weights,
+        original_mask=mask,
+    )
+
+
+@FILTERS.register("stapo", "s2t")
+def _stapo(inputs: FilterInputs, *, tau_p: float = 2e-3, entropy_top_fraction: float = 0.2) -> FilterResult:
+    return _result(inputs, keep=stapo_mask(inputs, tau_p=tau_p, entropy_top_fraction=entropy_top_fraction))
+
+
+@FILTERS.register("high_entropy")
+def _high_entropy(inputs: FilterInputs, *, top_fraction: float = 0.2) -> FilterResult:
+    return _result(inputs, keep=high_entropy_mask(inputs, top_fraction=top_fraction))
+
+
+@FILTERS.register("cov_gaussian")
+def _cov_gaussian(inputs: FilterInputs) -> FilterResult:
+    return _result(inputs, weights=cov_gaussian_weights(inputs))
+
+
+def _taxonomy_filter(name: str) -> FilterFn:
+    def keep_only(inputs: FilterInputs) -> FilterResult:
+        return _result(inputs, keep=taxonomy_masks(inputs)[name])
+
+    keep_only.__doc__ = f"Keep only {name} tokens (WAPO eq. 2 taxonomy)."
+    return keep_only
+
+
+for _name in TAXONOMY:
+    FILTERS.add(_name, _taxonomy_filter(_name))
+
+
+def apply_filters(
+    inputs: FilterInputs, specs: list[str | dict[str, Any]] | None, *, renormalize: bool = True
+) -> FilterResult:
+    """Compose filters: keep = AND of the keeps, weights = product of the weights.
+
+    Args:
+        inputs: minibatch statistics.
+        specs: filter names, or dicts `{"name": ..., **options}` (e.g. `{"name": "stapo", "tau_p": 1e-3}`).
+        renormalize: denominators count only kept tokens (STAPO) when True, all loss tokens when False.
+    """
+    mask = inputs.loss_mask.bool()
+    keep = mask.clone()
+    weights = torch.ones_like(mask, dtype=torch.float64)
+    for spec in specs or []:
+        if isinstance(spec, str):
+            name, options = spec, {}
+        else:
+            options = dict(spec)
+            name = options.pop("name")
+        result = FILTERS.get(name)(inputs, **options)
+        keep &= result.keep
+        weights = weights * result.weights
+    return FilterResult(
+        keep=keep, weights=weights * keep.double(), renormalize=renormalize, original_mask=mask
+    )
