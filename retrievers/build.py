@@ -1,0 +1,311 @@
+"""Build an index directory: corpus -> document store -> embedding shards -> FAISS / BM25 -> `meta.json`.
+
+Work happens in `.<name>.partial/` beside the output directory:
+1. the corpus is streamed into `docs.sqlite`;
+2. passages are encoded `shard_size` at a time, each shard saved as `shards/shard-NNNNN.npy` (temp file +
+   rename), so a killed build resumes at the first missing shard without re-encoding finished ones;
+3. FAISS is trained on a sample and filled shard by shard; BM25 is indexed from the store;
+4. `meta.json` is written last and the directory renamed to its final name.
+A resumed build must use the same settings; `restart=True` discards the partial work instead.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import signal
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agentrl.registry import Registry
+from retrievers.corpora import detect_format, read_corpus
+from retrievers.docstore import DocStore, DocStoreWriter
+from retrievers.encoders import Encoder, EncoderSpec
+from retrievers.index_meta import (
+    BM25_DIR,
+    DOCS_FILE,
+    FAISS_FILE,
+    FORMAT,
+    META_FILE,
+    VERSION,
+    write_json_atomic,
+)
+
+STATE_FILE = "build.json"
+SHARD_DIR = "shards"
+CRASH_ENV = "AGENTRL_INDEX_CRASH_AFTER_SHARDS"  # testing hook: SIGKILL the build after N new shards
+
+INDEX_KINDS: Registry[tuple[bool, bool]] = Registry("index kind")  # name -> (needs dense, needs bm25)
+INDEX_KINDS.add("dense", (True, False))
+INDEX_KINDS.add("bm25", (False, True))
+INDEX_KINDS.add("hybrid", (True, True))
+
+
+@dataclass
+class BuildConfig:
+    """Settings of one index build; maps one-to-one onto `configs/index/*.yaml` and `agentrl index build`."""
+
+    corpus: str
+    out: str
+    corpus_format: str = "auto"
+    kind: str = "dense"
+    encoder: str = "bundled:all-minilm-l6-v2"
+    family: str = "auto"
+    index_type: str = "Flat"
+    max_length: int = 256
+    batch_size: int = 64
+    shard_size: int = 8192
+    train_size: int = 262_144
+    device: str = "auto"
+    dtype: str = "auto"
+    use_gpu_faiss: bool = True
+    bm25_k1: float = 1.5
+    bm25_b: float = 0.75
+    keep_shards: bool = False
+    overwrite: bool = False
+    restart: bool = False
+    progress: bool = True
+
+
+@dataclass
+class BuildReport:
+    out: Path
+    num_docs: int
+    encoded: int  # passages encoded by this run (0 when every shard was reused)
+    reused_shards: int
+    seconds: float
+
+
+def build_index(cfg: BuildConfig) -> BuildReport:
+    """Build (or resume building) the index described by `cfg`; returns what this run did."""
+    start = time.perf_counter()
+    needs_dense, needs_bm25 = INDEX_KINDS.get(cfg.kind)
+    if cfg.shard_size < 1 or cfg.batch_size < 1:
+        raise ValueError("--shard-size and --batch-size must be >= 1")
+    out = Path(cfg.out)
+    corpus = Path(cfg.corpus)
+    if not corpus.exists():
+        raise FileNotFoundError(f"corpus {corpus} does not exist")
+    if (out / META_FILE).exists() and not cfg.overwrite:
+        raise FileExistsError(f"{out} already holds a finished index; pass --overwrite to replace it")
+    if out.exists() and not (out / META_FILE).exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} exists and is not an agentrl index; choose another --out")
+    fmt = detect_format(corpus) if cfg.corpus_format == "auto" else cfg.corpus_format
+    spec = EncoderSpec.create(cfg.encoder, cfg.family, cfg.max_length, cfg.dtype) if needs_dense else None
+
+    work = out.parent / f".{out.name}.partial"
+    state = _open_state(work, _fingerprint(cfg, corpus, fmt, spec), cfg.restart)
+    console = _console()
+    if not state.get("docs_done"):
+        writer = DocStoreWriter(work / DOCS_FILE)
+        with _progress(cfg.progress, console) as bar:
+            task = bar.add_task("reading corpus", total=None)
+            for doc in read_corpus(corpus, fmt):
+                writer.add(doc)
+                if writer.count % 1000 == 0:
+                    bar.update(task, completed=writer.count)
+            bar.update(task, completed=writer.count)
+        writer.close()
+        if writer.count == 0:
+            raise ValueError(f"corpus {corpus} holds no documents")
+        state.update(docs_done=True, num_docs=writer.count)
+        write_json_atomic(work / STATE_FILE, state)
+    num_docs = int(state["num_docs"])
+    docs = DocStore(work / DOCS_FILE)
+
+    meta: dict[str, Any] = {
+        "format": FORMAT,
+        "version": VERSION,
+        "kind": cfg.kind,
+        "num_docs": num_docs,
+        "corpus": {"path": str(corpus.resolve()), "format": fmt},
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    encoded = reused = 0
+    if needs_dense and spec is not None:
+        encoder = Encoder.from_spec(spec, device=cfg.device)
+        shards, encoded, reused = encode_shards(encoder, docs, work / SHARD_DIR, cfg, console)
+        _write_faiss(cfg, shards, encoder.spec.dim, work / FAISS_FILE, console)
+        meta["encoder"] = encoder.spec.to_dict()
+        meta["dense"] = {"index_type": cfg.index_type, "metric": "inner_product", "file": FAISS_FILE}
+    if needs_bm25:
+        bm25_dir = work / BM25_DIR
+        shutil.rmtree(bm25_dir, ignore_errors=True)
+        with console.status("indexing BM25"):
+            from retrievers.bm25 import build_bm25
+
+            build_bm25(docs, bm25_dir, k1=cfg.bm25_k1, b=cfg.bm25_b, progress=False)
+        meta["bm25"] = {"k1": cfg.bm25_k1, "b": cfg.bm25_b, "dir": BM25_DIR, "library": "bm25s"}
+    if cfg.kind == "hybrid":
+        meta["hybrid"] = {"fusion": "rrf", "rrf_k": 60.0}
+    docs.close()
+    seconds = time.perf_counter() - start
+    meta["build"] = {"seconds": round(seconds, 3), "encoded_this_run": encoded, "shard_size": cfg.shard_size}
+    if not cfg.keep_shards:
+        shutil.rmtree(work / SHARD_DIR, ignore_errors=True)
+    (work / STATE_FILE).unlink(missing_ok=True)
+    write_json_atomic(work / META_FILE, meta)
+    _move_into_place(work, out)
+    return BuildReport(out, num_docs, encoded, reused, time.perf_counter() - start)
+
+
+def _fingerprint(cfg: BuildConfig, corpus: Path, fmt: str, spec: EncoderSpec | None) -> dict[str, Any]:
+    stat = corpus.stat()
+    return {
+        "corpus": str(corpus.resolve()),
+        "corpus_size": stat.st_size,
+        "corpus_mtime_ns": stat.st_mtime_ns,
+        "corpus_format": fmt,
+        "encoder": spec.to_dict() if spec else None,
+        "shard_size": cfg.shard_size,
+    }
+
+
+def _open_state(work: Path, fingerprint: dict[str, Any], restart: bool) -> dict[str, Any]:
+    path = work / STATE_FILE
+    if restart and work.exists():
+        shutil.rmtree(work)
+    if path.exists():
+        state = json.loads(path.read_text(encoding="utf-8"))
+        if state.get("fingerprint") != fingerprint:
+            changed = sorted(k for k in fingerprint if state.get("fingerprint", {}).get(k) != fingerprint[k])
+            raise ValueError(
+                f"an unfinished build in {work} used different settings ({', '.join(changed)}); "
+                "rerun with the same settings to resume it, or pass --restart to discard it"
+            )
+        return state
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    state = {"fingerprint": fingerprint, "docs_done": False}
+    write_json_atomic(path, state)
+    return state
+
+
+def shard_path(shard_dir: Path, index: int) -> Path:
+    return shard_dir / f"shard-{index:05d}.npy"
+
+
+def encode_shards(
+    encoder: Encoder, docs: DocStore, shard_dir: Path, cfg: BuildConfig, console: Any = None
+) -> tuple[list[Path], int, int]:
+    """Encode every passage into `[<=shard_size, dim]` float32 shards, skipping shards already on disk.
+
+    Returns (shard paths in row order, passages encoded now, shards reused).
+    """
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    num_docs = len(docs)
+    num_shards = (num_docs + cfg.shard_size - 1) // cfg.shard_size
+    crash_after = int(os.environ.get(CRASH_ENV, "0") or 0)
+    paths = [shard_path(shard_dir, i) for i in range(num_shards)]
+    encoded = reused = written = 0
+    with _progress(cfg.progress, console or _console()) as bar:
+        task = bar.add_task("encoding passages", total=num_docs)
+        for i, path in enumerate(paths):
+            lo, hi = i * cfg.shard_size, min((i + 1) * cfg.shard_size, num_docs)
+            if path.exists():
+                reused += 1
+                bar.update(task, advance=hi - lo)
+                continue
+            texts = [_passage_text(d.title, d.text) for d in docs.iter_range(lo, hi)]
+            vectors = encoder.encode_passages(texts, batch_size=cfg.batch_size)
+            _save_npy_atomic(path, vectors)
+            encoded += len(texts)
+            written += 1
+            bar.update(task, advance=hi - lo)
+            if crash_after and written >= crash_after:
+                os.kill(os.getpid(), signal.SIGKILL)
+    return paths, encoded, reused
+
+
+def _passage_text(title: str, text: str) -> str:
+    """What a passage looks like to the encoder: Search-R1's `"Title"\\ntext` contents."""
+    return f'"{title}"\n{text}' if title else text
+
+
+def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as handle:
+        np.save(handle, array)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _write_faiss(cfg: BuildConfig, shards: list[Path], dim: int, target: Path, console: Any) -> None:
+    import faiss
+
+    from retrievers.dense import build_faiss, gpu_count
+
+    use_gpu = cfg.use_gpu_faiss and gpu_count() > 0
+    with console.status(f"building FAISS {cfg.index_type} over {len(shards)} shard(s)"):
+        index = build_faiss(cfg.index_type, shards, dim, train_size=cfg.train_size, use_gpu=use_gpu)
+    tmp = target.with_name(f".{target.name}.tmp")
+    faiss.write_index(index, str(tmp))
+    os.replace(tmp, target)
+
+
+def _move_into_place(work: Path, out: Path) -> None:
+    if out.exists():
+        trash = out.parent / f".{out.name}.old"
+        shutil.rmtree(trash, ignore_errors=True)
+        os.replace(out, trash)
+        os.replace(work, out)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(work, out)
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _progress(enabled: bool, console: Any) -> Any:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not enabled,
+    )
+
+
+def config_from_dict(data: dict[str, Any], **overrides: Any) -> BuildConfig:
+    """A `BuildConfig` from a YAML mapping; unknown keys raise naming the closest valid key."""
+    from agentrl.registry import unknown_name_message
+
+    known = {f for f in BuildConfig.__dataclass_fields__}
+    for key in data:
+        if key not in known:
+            raise ValueError(unknown_name_message("index build setting", key, known))
+    merged = {**data, **{k: v for k, v in overrides.items() if v is not None}}
+    for key in ("corpus", "out"):
+        if key not in merged:
+            raise ValueError(f"index build setting {key!r} is required")
+    return replace(BuildConfig(corpus=merged["corpus"], out=merged["out"]), **merged)
+
+
+def config_to_dict(cfg: BuildConfig) -> dict[str, Any]:
+    return asdict(cfg)

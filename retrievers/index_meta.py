@@ -1,0 +1,67 @@
+"""The `meta.json` of an index directory and atomic file writes.
+
+An index directory is finished when its `meta.json` exists: builds write it last, inside a temporary directory
+that is then renamed into place.
+
+Layout:
+    meta.json      kind, number of documents, corpus, encoder spec, dense/BM25 settings
+    docs.sqlite    the document store (`retrievers.docstore`)
+    dense.faiss    the FAISS index (dense and hybrid)
+    bm25/          the bm25s index (bm25 and hybrid)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+META_FILE = "meta.json"
+DOCS_FILE = "docs.sqlite"
+FAISS_FILE = "dense.faiss"
+BM25_DIR = "bm25"
+FORMAT = "agentrl-index"
+VERSION = 1
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write `data` as JSON to a temporary file beside `path`, fsync it and rename it over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=2, sort_keys=True)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_meta(index_dir: str | Path) -> dict[str, Any]:
+    """The metadata of a finished index; clear errors for missing, unfinished or foreign directories."""
+    index_dir = Path(index_dir)
+    path = index_dir / META_FILE
+    if not index_dir.is_dir():
+        raise FileNotFoundError(f"index directory {index_dir} does not exist")
+    if not path.exists():
+        partial = index_dir.parent / f".{index_dir.name}.partial"
+        hint = (
+            f"; an unfinished build is in {partial}, rerun `agentrl index build` to resume it"
+            if (partial.exists())
+            else ""
+        )
+        raise FileNotFoundError(f"{index_dir} is not a finished index: {META_FILE} is missing{hint}")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from None
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path}: field 'format' must be {FORMAT!r}, got {meta.get('format')!r}")
+    if int(meta.get("version", 0)) > VERSION:
+        raise ValueError(f"{path}: index version {meta['version']} is newer than this agentrl ({VERSION})")
+    return meta
