@@ -75,6 +75,17 @@ class RolloutSection:
 
 
 @dataclass
+class AlgorithmSection:
+    """The training recipe: a preset of `trainers.presets` (grpo, dapo, gspo, wapo, stapo, cw_grpo, fade,
+    grpo_n, gspo_n); `scheme` swaps in another advantage scheme of `trainers.advantages.SCHEMES` and
+    `scheme_params` sets its options (`alpha`, `delta`, `k`, ...)."""
+
+    preset: str = "grpo"
+    scheme: str | None = None
+    scheme_params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class OutputSection:
     """Where runs write trajectories, metrics and checkpoints."""
 
@@ -95,4 +106,5 @@ class ExperimentConfig:
     env: EnvSection = field(default_factory=EnvSection)
     retriever: RetrieverSection = field(default_factory=RetrieverSection)
     rollout: RolloutSection = field(default_factory=RolloutSection)
+    algorithm: AlgorithmSection = field(default_factory=AlgorithmSection)
     output: OutputSection = field(default_factory=OutputSection)

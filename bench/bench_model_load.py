@@ -31,7 +31,9 @@ def timed_load_in_subprocess(spec: str, cache: str) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--spec", default="bundled:smollm2-135m-instruct")
     parser.add_argument("--repeats", type=int, default=2, help="cached loads to time (the best is reported)")
     args = parser.parse_args()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from agentrl.cli import config_cmd, info_cmd
+from agentrl.cli import config_cmd, index_cmd, info_cmd, quickstart_cmd, rollout_cmd, serve_cmd
 
 app = typer.Typer(
     name="agentrl",
@@ -17,7 +17,11 @@ app = typer.Typer(
 )
 
 app.command("info")(info_cmd.info)
+app.command("quickstart")(quickstart_cmd.quickstart)
+app.command("rollout")(rollout_cmd.rollout)
 app.add_typer(config_cmd.app, name="config")
+app.add_typer(index_cmd.app, name="index")
+app.command("serve-retriever")(serve_cmd.serve_retriever)
 
 
 def main() -> None:

@@ -92,7 +92,7 @@ def test_override_into_non_section_fails() -> None:
 
 
 def test_malformed_override() -> None:
-    with pytest.raises(ConfigError, match="key.sub=value"):
+    with pytest.raises(ConfigError, match=r"key\.sub=value"):
         load_config(ExperimentConfig, QUICKSTART, ["rollout.group_size"])
 
 

@@ -48,10 +48,9 @@ def test_cached_conversion_generates_like_the_gguf() -> None:
     cached_dir = convert_bundled_gguf()
     assert (cached_dir / "model.safetensors").exists()
     model, tokenizer = load_model("bundled:smollm2-135m-instruct", device="cpu")
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-    gguf_ids = gguf_tokenizer.apply_chat_template(
-        messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
-    )
+    kwargs = {"add_generation_prompt": True, "return_tensors": "pt", "return_dict": True}
+    ids = tokenizer.apply_chat_template(messages, **kwargs)
+    gguf_ids = gguf_tokenizer.apply_chat_template(messages, **kwargs)
     assert torch.equal(ids["input_ids"], gguf_ids["input_ids"])
     kwargs = {"max_new_tokens": 24, "do_sample": False, "pad_token_id": tokenizer.pad_token_id}
     with torch.no_grad():

@@ -1,0 +1,53 @@
+"""Trajectories as JSONL: one object per line, the `Trajectory` fields plus readable extras.
+
+Each line holds every `Trajectory` field, with `logprobs` null where the loss mask is 0, plus `text` (the
+decoded episode, when a tokenizer is given) and `num_searches` (= `num_tool_calls`). `read_trajectories`
+restores the `Trajectory` objects (nulls back to 0.0).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from agentrl.types import Trajectory
+
+
+def trajectory_record(t: Trajectory, tokenizer: Any = None) -> dict[str, Any]:
+    record = t.to_dict()
+    record["logprobs"] = [lp if m else None for lp, m in zip(t.logprobs, t.loss_mask, strict=True)]
+    record["num_searches"] = t.num_tool_calls
+    if tokenizer is not None:
+        record["text"] = tokenizer.decode(t.token_ids, skip_special_tokens=False)
+    return record
+
+
+def write_trajectories(path: str | Path, trajectories: Iterable[Trajectory], tokenizer: Any = None) -> int:
+    """Write one JSON object per trajectory; returns the count. Parent directories are created."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    count = 0
+    with p.open("w", encoding="utf-8") as f:
+        for t in trajectories:
+            f.write(json.dumps(trajectory_record(t, tokenizer), ensure_ascii=False) + "\n")
+            count += 1
+    return count
+
+
+def iter_trajectories(path: str | Path) -> Iterator[Trajectory]:
+    with Path(path).open(encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                data = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{number}: not valid JSON: {exc}") from None
+            data["logprobs"] = [0.0 if lp is None else float(lp) for lp in data["logprobs"]]
+            yield Trajectory.from_dict(data)
+
+
+def read_trajectories(path: str | Path) -> list[Trajectory]:
+    return list(iter_trajectories(path))

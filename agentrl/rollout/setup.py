@@ -1,0 +1,89 @@
+"""Wire a rollout from an `ExperimentConfig`: env kwargs, retriever, generator, executor and engine.
+
+The trainer and `agentrl rollout` share these, so a YAML config means the same rollout everywhere.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from agentrl.rollout.engine import EngineConfig, RolloutEngine
+from agentrl.rollout.executors import Executor, build_executor
+
+
+def _env_parameters(env_id: str) -> set[str] | None:
+    """Constructor parameter names of a registered env (None when they cannot be read)."""
+    import gymnasium
+
+    if env_id.startswith("agentrl/"):
+        import environments  # noqa: F401
+
+    try:
+        entry = gymnasium.spec(env_id).entry_point
+        cls = gymnasium.envs.registration.load_env_creator(entry) if isinstance(entry, str) else entry
+        params = inspect.signature(cls).parameters
+    except Exception:
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return None
+    return set(params)
+
+
+def build_retriever(cfg: Any) -> Any:
+    """The configured search backend, or None to let the env use its default (the synthetic world for
+    `memory` with the synthetic dataset)."""
+    section = cfg.retriever
+    if section.kind == "memory":
+        if cfg.data.dataset == "synthetic" and cfg.env.id == "agentrl/SearchQA-v0":
+            from environments.search_env import world_retriever
+
+            return world_retriever(
+                cfg.env.kwargs.get("world_seed", 0), cfg.env.kwargs.get("world_entities", 3000)
+            )
+        return None
+    from retrievers.factory import open_retriever
+
+    key = "url" if section.kind == "http" else "index_dir"
+    target = getattr(section, key)
+    if not target:
+        raise ValueError(f"retriever.kind={section.kind} needs retriever.{key}")
+    return open_retriever(target)
+
+
+def env_kwargs_for(cfg: Any, retriever: Any = None) -> dict[str, Any]:
+    """`env.kwargs` plus `max_turns`, `top_k` and `retriever` where the env's constructor takes them."""
+    kwargs = dict(cfg.env.kwargs)
+    params = _env_parameters(cfg.env.id)
+    extras = {"max_turns": cfg.env.max_turns, "top_k": cfg.retriever.topk, "retriever": retriever}
+    for name, value in extras.items():
+        if value is None or name in kwargs:
+            continue
+        if params is None or name in params:
+            kwargs[name] = value
+    return kwargs
+
+
+def build_generator_for(cfg: Any, model: Any = None, tokenizer: Any = None) -> Any:
+    from agentrl.generation import build_generator
+
+    if cfg.rollout.backend == "vllm":
+        from agentrl.models import resolve_model_path
+
+        return build_generator("vllm", model=resolve_model_path(cfg.model.name), tokenizer=tokenizer)
+    return build_generator("hf", model=model, tokenizer=tokenizer, max_batch_size=cfg.rollout.batch_size)
+
+
+def build_executor_for(cfg: Any, env_kwargs: dict[str, Any]) -> Executor:
+    r = cfg.rollout
+    return build_executor(
+        r.executor, cfg.env.id, env_kwargs, num_workers=r.num_workers, address=r.ray_address
+    )
+
+
+def build_engine(cfg: Any, generator: Any, tokenizer: Any) -> tuple[RolloutEngine, Executor]:
+    """An engine for `cfg` (the caller closes the returned executor)."""
+    kwargs = env_kwargs_for(cfg, build_retriever(cfg))
+    executor = build_executor_for(cfg, kwargs)
+    config = EngineConfig.from_section(cfg.rollout, max_turns=cfg.env.max_turns)
+    return RolloutEngine(generator, tokenizer, executor, config), executor

