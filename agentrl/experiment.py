@@ -56,7 +56,11 @@ class EnvSection:
 
 @dataclass
 class RolloutSection:
-    """How episodes are sampled: group size, sampling, budgets, observation mode and executor."""
+    """How episodes are sampled: group size, sampling, budgets, observation mode and executor.
+
+    `max_new_tokens` is per turn; `end_on_length` ends an episode whose turn hits it (otherwise the env
+    answers the cut-off turn and the episode goes on); `inline_format` wraps observations in inline mode.
+    """
 
     group_size: int = 4
     temperature: float = 1.0
@@ -66,6 +70,8 @@ class RolloutSection:
     max_total_tokens: int = 1536
     max_observation_tokens: int = 256
     observation_mode: Literal["inline", "message"] = "message"
+    inline_format: str = "\n\n{observation}\n\n"
+    end_on_length: bool = True
     backend: Literal["hf", "vllm"] = "hf"
     executor: Literal["local", "ray"] = "local"
     num_workers: int = 2

@@ -13,8 +13,9 @@ err_console = Console(stderr=True)
 
 @contextlib.contextmanager
 def user_errors(*kinds: type[BaseException]) -> Iterator[None]:
-    """Print `kinds` (default: ValueError, KeyError, FileNotFoundError, RuntimeError) as `error: ...`."""
-    catch = kinds or (ValueError, KeyError, FileNotFoundError, RuntimeError)
+    """Print `kinds` (plus FileExistsError; default: ValueError, KeyError, FileNotFoundError, RuntimeError)
+    as `error: ...`."""
+    catch = (*(kinds or (ValueError, KeyError, FileNotFoundError, RuntimeError)), FileExistsError)
     try:
         yield
     except catch as exc:

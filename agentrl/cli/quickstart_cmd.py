@@ -85,5 +85,12 @@ def _print_result(console, result) -> None:  # type: ignore[no-untyped-def]
     for name, row in result.preset_masses.items():
         masses.add_row(name, row["scheme"], f"{row['m_S']:.4f}", f"{row['m_F']:.4f}", f"{row['nonzero']:.2f}")
     console.print(masses)
+    if m["reward/zero_variance_groups"] >= 1.0:
+        console.print(
+            "[yellow]Every group got equal rewards, so no scheme has a learning signal in this batch.[/] "
+            "Small untrained policies rarely follow the <search>/<answer> protocol; try more samples "
+            "(rollout.group_size=16), a stronger model (model.name=<hub id or local dir>) or "
+            "env.id=agentrl/Math-v0."
+        )
     console.print(Panel(result.example_text.strip()[:1500], title="first episode (agent and observations)"))
     console.print(f"written to [bold]{result.run_dir}[/]: trajectories.jsonl, metrics.jsonl, config.yaml")

@@ -60,6 +60,7 @@ def rollout(
     backend: Annotated[str | None, typer.Option(help="`hf` or `vllm`; config rollout.backend.")] = None,
     seed: Annotated[int | None, typer.Option(help="Sampling and env seed; config rollout.seed.")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, ...; config model.device.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace OUT when it already exists.")] = False,
 ) -> None:
     """Run MODEL on ENV for NUM_TASKS tasks x GROUP_SIZE samples and write the trajectories to OUT.
 
@@ -90,6 +91,8 @@ def rollout(
     }
     extra = [f"{k}={v}" for k, v in flags.items() if v is not None]
     with user_errors(ConfigError, ModelNotFoundError, ValueError, KeyError, FileNotFoundError):
+        if out.exists() and not overwrite:
+            raise FileExistsError(f"{out} already exists; pass --overwrite to replace it, or another --out")
         cfg = load_config(ExperimentConfig, config, [*(overrides or []), *extra])
         _run(cfg, out)
 

@@ -77,6 +77,8 @@ class EngineConfig:
             max_total_tokens=rollout.max_total_tokens,
             max_observation_tokens=rollout.max_observation_tokens,
             observation_mode=rollout.observation_mode,
+            inline_format=rollout.inline_format,
+            end_on_length=rollout.end_on_length,
             seed=rollout.seed,
         )
 

@@ -8,6 +8,8 @@ restores the `Trajectory` objects (nulls back to 0.0).
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,14 +27,24 @@ def trajectory_record(t: Trajectory, tokenizer: Any = None) -> dict[str, Any]:
 
 
 def write_trajectories(path: str | Path, trajectories: Iterable[Trajectory], tokenizer: Any = None) -> int:
-    """Write one JSON object per trajectory; returns the count. Parent directories are created."""
+    """Write one JSON object per trajectory; returns the count. Parent directories are created.
+
+    The file is written under a temporary name and renamed into place, so an interrupted write never leaves
+    a truncated file where a complete one was.
+    """
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     count = 0
-    with p.open("w", encoding="utf-8") as f:
-        for t in trajectories:
-            f.write(json.dumps(trajectory_record(t, tokenizer), ensure_ascii=False) + "\n")
-            count += 1
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for t in trajectories:
+                f.write(json.dumps(trajectory_record(t, tokenizer), ensure_ascii=False) + "\n")
+                count += 1
+        os.replace(tmp, p)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
     return count
 
 

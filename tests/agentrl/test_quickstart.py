@@ -90,3 +90,20 @@ def test_quickstart_cli_rejects_misspelt_override() -> None:
     result = CliRunner().invoke(app, ["quickstart", "rollout.grup_size=2"])
     assert result.exit_code == 2
     assert "rollout.group_size" in result.output
+
+
+def test_write_trajectories_replaces_atomically(tmp_path: Path) -> None:
+    from agentrl.rollout.io import write_trajectories
+    from agentrl.types import Trajectory
+
+    out = tmp_path / "t.jsonl"
+    out.write_text("old\n")
+
+    def broken():
+        yield Trajectory("a", 0, [1, 2], [0, 1], [-1, 0], [0.0, -0.5], 1, 1.0)
+        raise RuntimeError("generation failed")
+
+    with pytest.raises(RuntimeError):
+        write_trajectories(out, broken())
+    assert out.read_text() == "old\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["t.jsonl"]

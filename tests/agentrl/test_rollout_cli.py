@@ -52,3 +52,12 @@ def test_rollout_reports_bad_settings_without_a_traceback(tmp_path) -> None:
     result = runner.invoke(app, ["rollout", "--out", str(tmp_path / "x.jsonl"), "--executor", "rayy"])
     assert result.exit_code == 2
     assert "did you mean 'ray'" in result.output
+
+
+def test_rollout_never_overwrites_an_existing_file(tmp_path) -> None:
+    out = tmp_path / "kept.jsonl"
+    out.write_text("earlier results\n")
+    result = runner.invoke(app, ["rollout", "--out", str(out)])
+    assert result.exit_code == 2
+    assert "--overwrite" in result.output
+    assert out.read_text() == "earlier results\n"
