@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 PROTOCOL_TAGS = ("think", "search", "answer", "information", "tool", "result")
 _ANY_TAG = re.compile(r"</?(?:" + "|".join(PROTOCOL_TAGS) + r")>")
@@ -40,6 +41,18 @@ class TurnParse:
     format_ok: bool
     error: str | None
     format_error: str | None
+
+    def step_info(self) -> dict[str, Any]:
+        """The per-step `info` entries every environment reports for a parsed turn (tool calls and the
+        gold-in-observation signal start empty; the environment fills them in as it acts)."""
+        return {
+            "turn_format_ok": self.format_ok,
+            "action_type": self.action,
+            "tool_calls": 0,
+            "gold_in_observation": None,
+            "error": self.error,
+            "format_error": self.format_error,
+        }
 
 
 def _invalid(error: str) -> TurnParse:

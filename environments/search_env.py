@@ -188,14 +188,7 @@ class SearchQAEnv(TextEnv):
     def turn(self, action: str) -> StepResult:
         parsed = parse_turn(action, ("search", "answer"))
         self.turn_formats.append(parsed.format_ok)
-        info: dict[str, Any] = {
-            "turn_format_ok": parsed.format_ok,
-            "action_type": parsed.action,
-            "tool_calls": 0,
-            "gold_in_observation": None,
-            "error": parsed.error,
-            "format_error": parsed.format_error,
-        }
+        info = parsed.step_info()
         if parsed.action == "answer":
             assert parsed.content is not None
             answer, _ = clean_text(parsed.content, len(parsed.content))

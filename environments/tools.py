@@ -170,14 +170,7 @@ class ToolEnv(TextEnv):
     def turn(self, action: str) -> StepResult:
         parsed = parse_turn(action, ("tool", "answer"))
         self.turn_formats.append(parsed.format_ok)
-        info: dict[str, Any] = {
-            "turn_format_ok": parsed.format_ok,
-            "action_type": parsed.action,
-            "tool_calls": 0,
-            "gold_in_observation": None,
-            "error": parsed.error,
-            "format_error": parsed.format_error,
-        }
+        info = parsed.step_info()
         if parsed.action == "answer":
             assert parsed.content is not None
             return self._finish(parsed.content, info)

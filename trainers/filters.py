@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from agentrl.registry import Registry
+from trainers.groups import GroupIndex
 
 Tensor = torch.Tensor
 
@@ -144,23 +145,22 @@ def taxonomy_masks(inputs: FilterInputs) -> dict[str, Tensor]:
 
 def covariance_values(inputs: FilterInputs) -> Tensor:
     """[B, T] c_t = (log π_t - mean log π)(A_i - mean A), means over the group's loss tokens (0 off-mask)."""
-    mask = inputs.loss_mask.bool()
-    m = mask.double()
+    m = inputs.loss_mask.double()
     lp = inputs.need("logprobs", "cov_gaussian").double() * m
     adv = inputs.token_advantages() * m
+    groups = _row_groups(inputs)
+    count = groups.sum(m.sum(-1)).clamp_min(1)
+    mean_lp = groups.per_item(groups.sum(lp.sum(-1)) / count)[:, None]
+    mean_a = groups.per_item(groups.sum(adv.sum(-1)) / count)[:, None]
+    return (lp - mean_lp) * (adv - mean_a) * m
+
+
+def _row_groups(inputs: FilterInputs) -> GroupIndex:
+    """Group index over the B rows (one group when the inputs carry no group ids)."""
     gid = inputs.group_ids
     if gid is None:
-        gid = torch.zeros(mask.shape[0], dtype=torch.long)
-    _, inv = torch.unique(gid, return_inverse=True)
-    n_groups = int(inv.max()) + 1 if inv.numel() else 0
-
-    def group_sum(x: Tensor) -> Tensor:
-        return torch.zeros(n_groups, dtype=torch.float64).index_add_(0, inv, x.sum(-1))
-
-    count = group_sum(m).clamp_min(1)
-    mean_lp = (group_sum(lp) / count)[inv][:, None]
-    mean_a = (group_sum(adv) / count)[inv][:, None]
-    return (lp - mean_lp) * (adv - mean_a) * m
+        gid = torch.zeros(inputs.loss_mask.shape[0], dtype=torch.long)
+    return GroupIndex.from_ids(gid)
 
 
 def cov_gaussian_weights(inputs: FilterInputs) -> Tensor:
@@ -169,26 +169,21 @@ def cov_gaussian_weights(inputs: FilterInputs) -> Tensor:
     w_t = exp(-c_t²/(2σ_c²)) with σ_c the standard deviation of c over the group's loss tokens, then
     w̃_t = w_t·N/Σw over the group's N tokens, so each group keeps its total weight. σ_c = 0 gives w = 1.
     """
-    mask = inputs.loss_mask.bool()
-    m = mask.double()
+    m = inputs.loss_mask.double()
     c = covariance_values(inputs)
-    gid = inputs.group_ids
-    if gid is None:
-        gid = torch.zeros(mask.shape[0], dtype=torch.long)
-    _, inv = torch.unique(gid, return_inverse=True)
-    n_groups = int(inv.max()) + 1 if inv.numel() else 0
+    groups = _row_groups(inputs)
 
     def group_sum(x: Tensor) -> Tensor:
-        return torch.zeros(n_groups, dtype=torch.float64).index_add_(0, inv, x.sum(-1))
+        return groups.sum(x.sum(-1))
 
     count = group_sum(m)
     mean_c = group_sum(c) / count.clamp_min(1)
-    var_c = group_sum(((c - mean_c[inv][:, None]) ** 2) * m) / count.clamp_min(1)
-    var_tok = var_c[inv][:, None].expand_as(c)
+    var_c = group_sum(((c - groups.per_item(mean_c)[:, None]) ** 2) * m) / count.clamp_min(1)
+    var_tok = groups.per_item(var_c)[:, None].expand_as(c)
     w = torch.where(var_tok > 0, torch.exp(-(c**2) / (2 * var_tok.clamp_min(1e-300))), torch.ones_like(c)) * m
     total = group_sum(w)
     scale = torch.where(total > 0, count / total.clamp_min(1e-300), torch.ones_like(total))
-    return w * scale[inv][:, None]
+    return w * groups.per_item(scale)[:, None]
 
 
 FilterFn = Callable[..., FilterResult]
