@@ -65,15 +65,14 @@ class Preset:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Preset:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown Preset field(s) {unknown}; valid fields are {sorted(known)}")
-        data = dict(data)
-        if isinstance(data.get("loss"), dict):
-            data["loss"] = LossConfig(**data["loss"])
-        return cls(**data)
+    def from_dict(cls, data: dict[str, Any], source: str = "<preset>") -> Preset:
+        """Build from a mapping (a YAML block), checking every key and type like any agentrl config.
+
+        Raises `agentrl.config.ConfigError` naming an unknown key and the closest valid one.
+        """
+        from agentrl.config import from_dict
+
+        return from_dict(cls, data, source=source)
 
 
 PRESETS: Registry[Callable[[], Preset]] = Registry("preset")

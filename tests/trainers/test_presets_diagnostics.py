@@ -38,8 +38,10 @@ def test_get_preset_returns_fresh_copies_and_validates() -> None:
     assert get_preset("grpo").loss.eps_low == 9.0 and a.learning_rate == 3e-6
     with pytest.raises(TypeError, match="no field"):
         get_preset("grpo", lr=1.0)
-    with pytest.raises(ValueError, match="unknown Preset field"):
+    with pytest.raises(ValueError, match="unknown key 'bogus'"):
         Preset.from_dict({"name": "x", "scheme": "grpo", "bogus": 1})
+    with pytest.raises(ValueError, match=r"unknown key 'loss.eps_hihg'; did you mean 'loss.eps_high'"):
+        Preset.from_dict({"name": "x", "scheme": "grpo", "loss": {"eps_hihg": 0.3}})
 
 
 @pytest.mark.parametrize("name", NAMES)
