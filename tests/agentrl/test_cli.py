@@ -17,7 +17,7 @@ runner = CliRunner()
 def test_help_lists_command_groups() -> None:
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for group in ("info", "config"):
+    for group in ("info", "config", "quickstart", "rollout", "index", "serve-retriever"):
         assert group in result.output
 
 
