@@ -11,8 +11,6 @@ Nothing is trained here: the numbers are those of the current policy.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -20,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from agentrl.experiment import ExperimentConfig
+from agentrl.files import atomic_open
 from agentrl.types import Trajectory
 
 
@@ -48,13 +47,6 @@ def new_run_dir(root: str | Path) -> Path:
     raise RuntimeError(f"could not create a new run directory under {base}")
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def run_quickstart(cfg: ExperimentConfig, on_finish: Any = None, on_stage: Any = None) -> QuickstartResult:
     """Run the pipeline for `cfg`; `on_finish(n)` is called as episodes end, `on_stage(text)` per stage."""
     from agentrl.advantage_report import preset_masses, scheme_advantages
@@ -79,7 +71,8 @@ def run_quickstart(cfg: ExperimentConfig, on_finish: Any = None, on_stage: Any =
     else:
         scheme, scheme_params = preset.scheme, {**preset.scheme_params, **cfg.algorithm.scheme_params}
     run_dir = new_run_dir(cfg.output.dir)
-    write_text_atomic(run_dir / "config.yaml", dump_config(cfg))
+    with atomic_open(run_dir / "config.yaml") as f:
+        f.write(dump_config(cfg))
 
     stage(f"loading tasks ({cfg.data.dataset})")
     tasks = load_rollout_tasks(

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from agentrl.files import atomic_open
 from agentrl.registry import Registry
 from retrievers.corpora import detect_format, read_corpus
 from retrievers.docstore import DocStore, DocStoreWriter
@@ -230,12 +231,8 @@ def _passage_text(title: str, text: str) -> str:
 
 
 def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
+    with atomic_open(path, "wb") as handle:
         np.save(handle, array)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def _write_faiss(cfg: BuildConfig, shards: list[Path], dim: int, target: Path, console: Any) -> None:

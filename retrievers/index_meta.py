@@ -13,10 +13,10 @@ Layout:
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from agentrl.files import atomic_open
 
 META_FILE = "meta.json"
 DOCS_FILE = "docs.sqlite"
@@ -28,18 +28,9 @@ VERSION = 1
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write `data` as JSON to a temporary file beside `path`, fsync it and rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, sort_keys=True)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path) as handle:
+        json.dump(data, handle, indent=2, sort_keys=True)
+        handle.write("\n")
 
 
 def read_meta(index_dir: str | Path) -> dict[str, Any]:

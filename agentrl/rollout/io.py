@@ -8,12 +8,11 @@ restores the `Trajectory` objects (nulls back to 0.0).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from agentrl.files import atomic_open
 from agentrl.types import Trajectory
 
 
@@ -32,19 +31,11 @@ def write_trajectories(path: str | Path, trajectories: Iterable[Trajectory], tok
     The file is written under a temporary name and renamed into place, so an interrupted write never leaves
     a truncated file where a complete one was.
     """
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
     count = 0
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for t in trajectories:
-                f.write(json.dumps(trajectory_record(t, tokenizer), ensure_ascii=False) + "\n")
-                count += 1
-        os.replace(tmp, p)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_open(path) as f:
+        for t in trajectories:
+            f.write(json.dumps(trajectory_record(t, tokenizer), ensure_ascii=False) + "\n")
+            count += 1
     return count
 
 

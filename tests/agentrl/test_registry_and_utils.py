@@ -70,3 +70,19 @@ def test_task_and_trajectory_round_trip() -> None:
             task_id="q", group_id=0, token_ids=[1, 2, 3], loss_mask=[0, 1], turn_ids=[0, 0, 0],
             logprobs=[0.0] * 3, prompt_length=1, reward=0.0,
         )
+
+
+def test_atomic_open_replaces_whole_or_not_at_all(tmp_path: Path) -> None:
+    from agentrl.files import atomic_open
+
+    target = tmp_path / "sub" / "data.bin"
+    with atomic_open(target, "wb") as f:
+        f.write(b"first")
+    assert target.read_bytes() == b"first"
+    with pytest.raises(RuntimeError), atomic_open(target, "wb") as f:
+        f.write(b"partial")
+        raise RuntimeError("interrupted")
+    assert target.read_bytes() == b"first"
+    assert [p.name for p in target.parent.iterdir()] == ["data.bin"]
+    with pytest.raises(ValueError, match="mode must be"), atomic_open(target, "a"):
+        pass
