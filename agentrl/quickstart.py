@@ -47,22 +47,19 @@ def new_run_dir(root: str | Path) -> Path:
     raise RuntimeError(f"could not create a new run directory under {base}")
 
 
-def run_quickstart(cfg: ExperimentConfig, on_finish: Any = None, on_stage: Any = None) -> QuickstartResult:
-    """Run the pipeline for `cfg`; `on_finish(n)` is called as episodes end, `on_stage(text)` per stage."""
+def run_quickstart(
+    cfg: ExperimentConfig, on_finish: Any = None, on_stage: Any = None, on_start: Any = None
+) -> QuickstartResult:
+    """Run the pipeline for `cfg`; callbacks as in `agentrl.rollout.setup.run_from_config`: `on_stage(text)`
+    per stage, `on_start(total)` before sampling, `on_finish(n)` as episodes end."""
     from agentrl.advantage_report import preset_masses, scheme_advantages
     from agentrl.config import dump_config
     from agentrl.metrics import MetricsWriter
-    from agentrl.models import load_model
     from agentrl.rollout.io import write_trajectories
-    from agentrl.rollout.setup import build_engine, build_generator_for, env_kwargs_for
-    from agentrl.rollout.tasks import load_rollout_tasks
+    from agentrl.rollout.setup import run_from_config
     from agentrl.seeding import seed_everything
     from trainers.diagnostics import gradient_masses, reward_stats
     from trainers.presets import get_preset
-
-    def stage(text: str) -> None:
-        if on_stage is not None:
-            on_stage(text)
 
     seed_everything(cfg.seed)
     preset = get_preset(cfg.algorithm.preset)
@@ -74,27 +71,15 @@ def run_quickstart(cfg: ExperimentConfig, on_finish: Any = None, on_stage: Any =
     with atomic_open(run_dir / "config.yaml") as f:
         f.write(dump_config(cfg))
 
-    stage(f"loading tasks ({cfg.data.dataset})")
-    tasks = load_rollout_tasks(
-        cfg.data.dataset, cfg.data.path, cfg.data.num_tasks, seed=cfg.data.seed, env_id=cfg.env.id,
-        env_kwargs=env_kwargs_for(cfg), split=cfg.data.split, options=cfg.data.options,
-    )  # fmt: skip
-    stage(f"loading {cfg.model.name}")
-    model, tokenizer = load_model(cfg.model.name, dtype=cfg.model.dtype, device=cfg.model.device)
-    generator = build_generator_for(cfg, model, tokenizer)
-    engine, executor = build_engine(cfg, generator, tokenizer)
-    stage(f"sampling {len(tasks)} tasks x {cfg.rollout.group_size} episodes in {cfg.env.id}")
-    try:
-        trajectories = engine.run(tasks, cfg.rollout.group_size, on_finish=on_finish)
-    finally:
-        executor.close()
+    run = run_from_config(cfg, on_start=on_start, on_finish=on_finish, on_stage=on_stage)
+    trajectories, tokenizer, stats = run.trajectories, run.tokenizer, run.stats
     write_trajectories(run_dir / "trajectories.jsonl", trajectories, tokenizer)
 
-    stage(f"advantages ({scheme})")
+    if on_stage is not None:
+        on_stage(f"advantages ({scheme})")
     advantages = scheme_advantages(trajectories, scheme, scheme_params)
     rewards = [t.reward for t in trajectories]
     groups = [t.group_id for t in trajectories]
-    stats = engine.stats
     metrics: dict[str, float] = {
         **reward_stats(rewards, groups),  # type: ignore[arg-type]
         **gradient_masses(advantages, rewards, groups),  # type: ignore[arg-type]

@@ -53,16 +53,14 @@ def _run_with_progress(cfg, console):  # type: ignore[no-untyped-def]
     from agentrl.progress import make_progress
     from agentrl.quickstart import run_quickstart
 
-    total = cfg.data.num_tasks * cfg.rollout.group_size
     with make_progress(transient=True) as progress:
-        bar = progress.add_task("episodes", total=total, visible=False)
-
-        def on_stage(text: str) -> None:
-            console.print(f"[dim]•[/] {text}")
-            if text.startswith("sampling"):
-                progress.update(bar, visible=True)
-
-        return run_quickstart(cfg, on_finish=lambda n: progress.advance(bar, n), on_stage=on_stage)
+        bar = progress.add_task("episodes", total=None, visible=False)
+        return run_quickstart(
+            cfg,
+            on_stage=lambda text: console.print(f"[dim]•[/] {text}"),
+            on_start=lambda total: progress.update(bar, total=total, visible=True),
+            on_finish=lambda n: progress.advance(bar, n),
+        )
 
 
 def _print_result(console, result) -> None:  # type: ignore[no-untyped-def]

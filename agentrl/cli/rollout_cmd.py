@@ -101,44 +101,19 @@ def _run(cfg, out: Path) -> None:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from agentrl.models import load_model
     from agentrl.rollout.io import write_trajectories
-    from agentrl.rollout.setup import build_engine, build_generator_for, env_kwargs_for
-    from agentrl.rollout.tasks import load_rollout_tasks
+    from agentrl.rollout.setup import run_from_config
 
-    console = Console(stderr=True)
-    tasks = load_rollout_tasks(
-        cfg.data.dataset,
-        cfg.data.path,
-        cfg.data.num_tasks,
-        seed=cfg.data.seed,
-        env_id=cfg.env.id,
-        env_kwargs=env_kwargs_for(cfg),
-        split=cfg.data.split,
-        options=cfg.data.options,
-    )
-    if cfg.rollout.backend == "vllm":
-        from transformers import AutoTokenizer
-
-        from agentrl.models import resolve_model_path
-
-        model, tokenizer = None, AutoTokenizer.from_pretrained(resolve_model_path(cfg.model.name))
-    else:
-        model, tokenizer = load_model(cfg.model.name, dtype=cfg.model.dtype, device=cfg.model.device)
-    generator = build_generator_for(cfg, model, tokenizer)
-    engine, executor = build_engine(cfg, generator, tokenizer)
-    total = len(tasks) * cfg.rollout.group_size
     columns = (TextColumn("episodes"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    try:
-        with Progress(*columns, console=console, transient=True) as progress:
-            bar = progress.add_task("rollout", total=total)
-            trajectories = engine.run(
-                tasks, cfg.rollout.group_size, on_finish=lambda n: progress.advance(bar, n)
-            )
-    finally:
-        executor.close()
-    write_trajectories(out, trajectories, tokenizer)
-    print_summary(Console(), trajectories, engine.stats, out)
+    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+        bar = progress.add_task("rollout", total=None)
+        run = run_from_config(
+            cfg,
+            on_start=lambda total: progress.update(bar, total=total),
+            on_finish=lambda n: progress.advance(bar, n),
+        )
+    write_trajectories(out, run.trajectories, run.tokenizer)
+    print_summary(Console(), run.trajectories, run.stats, out)
 
 
 def print_summary(console, trajectories, stats, out: Path) -> None:

@@ -6,10 +6,13 @@ The trainer and `agentrl rollout` share these, so a YAML config means the same r
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from agentrl.rollout.engine import EngineConfig, RolloutEngine
+from agentrl.rollout.engine import EngineConfig, RolloutEngine, RolloutStats
 from agentrl.rollout.executors import Executor, build_executor
+from agentrl.types import Trajectory
 
 
 def _env_parameters(env_id: str) -> set[str] | None:
@@ -87,3 +90,55 @@ def build_engine(cfg: Any, generator: Any, tokenizer: Any) -> tuple[RolloutEngin
     executor = build_executor_for(cfg, kwargs)
     config = EngineConfig.from_section(cfg.rollout, max_turns=cfg.env.max_turns)
     return RolloutEngine(generator, tokenizer, executor, config), executor
+
+
+def load_policy(cfg: Any) -> tuple[Any, Any]:
+    """(model, tokenizer) for `cfg.model`; with the vLLM backend only the tokenizer (vLLM loads weights)."""
+    from agentrl.models import load_model, resolve_model_path
+
+    if cfg.rollout.backend == "vllm":
+        from transformers import AutoTokenizer
+
+        return None, AutoTokenizer.from_pretrained(resolve_model_path(cfg.model.name))
+    return load_model(cfg.model.name, dtype=cfg.model.dtype, device=cfg.model.device)
+
+
+@dataclass
+class RolloutRun:
+    """What `run_from_config` produced: trajectories task-major, the tokenizer that made them, timings."""
+
+    trajectories: list[Trajectory]
+    tokenizer: Any
+    stats: RolloutStats
+
+
+def run_from_config(
+    cfg: Any,
+    on_start: Callable[[int], None] | None = None,
+    on_finish: Callable[[int], None] | None = None,
+    on_stage: Callable[[str], None] | None = None,
+) -> RolloutRun:
+    """Load `cfg`'s tasks and policy, sample `rollout.group_size` episodes per task and close the executor.
+
+    `on_stage(text)` announces each stage, `on_start(total)` gives the number of episodes before sampling and
+    `on_finish(n)` reports n more finished episodes.
+    """
+    from agentrl.rollout.tasks import load_rollout_tasks
+
+    stage = on_stage or (lambda text: None)
+    stage(f"loading tasks ({cfg.data.dataset})")
+    tasks = load_rollout_tasks(
+        cfg.data.dataset, cfg.data.path, cfg.data.num_tasks, seed=cfg.data.seed, env_id=cfg.env.id,
+        env_kwargs=env_kwargs_for(cfg), split=cfg.data.split, options=cfg.data.options,
+    )  # fmt: skip
+    stage(f"loading {cfg.model.name}")
+    model, tokenizer = load_policy(cfg)
+    engine, executor = build_engine(cfg, build_generator_for(cfg, model, tokenizer), tokenizer)
+    stage(f"sampling {len(tasks)} tasks x {cfg.rollout.group_size} episodes in {cfg.env.id}")
+    if on_start is not None:
+        on_start(len(tasks) * cfg.rollout.group_size)
+    try:
+        trajectories = engine.run(tasks, cfg.rollout.group_size, on_finish=on_finish)
+    finally:
+        executor.close()
+    return RolloutRun(trajectories, tokenizer, engine.stats)

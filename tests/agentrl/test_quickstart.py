@@ -42,7 +42,9 @@ def tiny_config(model_dir: Path, out: Path, *extra: str) -> ExperimentConfig:
 def test_run_quickstart_writes_trajectories_metrics_and_config(tiny_model_dir: Path, tmp_path: Path) -> None:
     cfg = tiny_config(tiny_model_dir, tmp_path)
     finished: list[int] = []
-    result = run_quickstart(cfg, on_finish=finished.append)
+    totals: list[int] = []
+    result = run_quickstart(cfg, on_finish=finished.append, on_start=totals.append)
+    assert totals == [6]
     assert sum(finished) == 6
     trajectories = read_trajectories(result.run_dir / "trajectories.jsonl")
     assert len(trajectories) == 6
