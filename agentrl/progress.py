@@ -7,11 +7,13 @@ import sys
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
+from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
     SpinnerColumn,
+    TaskProgressColumn,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -28,17 +30,24 @@ def progress_enabled() -> bool:
     return sys.stderr.isatty()
 
 
-def make_progress(transient: bool = False) -> Progress:
-    """A `rich.progress.Progress` with count, rate-independent ETA and elapsed time columns."""
+def make_progress(
+    transient: bool = False, console: Console | None = None, enabled: bool | None = None
+) -> Progress:
+    """A `rich.progress.Progress` with count, percentage, elapsed time and ETA columns.
+
+    `enabled` forces the bars on or off; None follows `progress_enabled()`.
+    """
     return Progress(
         SpinnerColumn(),
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
+        TaskProgressColumn(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         transient=transient,
-        disable=not progress_enabled(),
+        console=console,
+        disable=not (progress_enabled() if enabled is None else enabled),
     )
 
 

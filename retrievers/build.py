@@ -17,13 +17,14 @@ import os
 import shutil
 import signal
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from agentrl.files import atomic_open
+from agentrl.progress import make_progress
 from agentrl.registry import Registry
 from retrievers.corpora import detect_format, read_corpus
 from retrievers.docstore import DocStore, DocStoreWriter
@@ -105,7 +106,7 @@ def build_index(cfg: BuildConfig) -> BuildReport:
     console = _console()
     if not state.get("docs_done"):
         writer = DocStoreWriter(work / DOCS_FILE)
-        with _progress(cfg.progress, console) as bar:
+        with make_progress(console=console, enabled=cfg.progress) as bar:
             task = bar.add_task("reading corpus", total=None)
             for doc in read_corpus(corpus, fmt):
                 writer.add(doc)
@@ -206,7 +207,7 @@ def encode_shards(
     crash_after = int(os.environ.get(CRASH_ENV, "0") or 0)
     paths = [shard_path(shard_dir, i) for i in range(num_shards)]
     encoded = reused = written = 0
-    with _progress(cfg.progress, console or _console()) as bar:
+    with make_progress(console=console or _console(), enabled=cfg.progress) as bar:
         task = bar.add_task("encoding passages", total=num_docs)
         for i, path in enumerate(paths):
             lo, hi = i * cfg.shard_size, min((i + 1) * cfg.shard_size, num_docs)
@@ -266,42 +267,15 @@ def _console() -> Any:
     return Console(stderr=True)
 
 
-def _progress(enabled: bool, console: Any) -> Any:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TaskProgressColumn,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+def config_from_dict(
+    data: dict[str, Any], source: str = "index build settings", **overrides: Any
+) -> BuildConfig:
+    """A `BuildConfig` from a YAML mapping plus non-None `overrides`, checked like every agentrl config:
+    unknown keys name the closest valid key, wrong types and missing `corpus` / `out` name the key."""
+    from agentrl.config import from_dict
 
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TaskProgressColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        disable=not enabled,
-    )
-
-
-def config_from_dict(data: dict[str, Any], **overrides: Any) -> BuildConfig:
-    """A `BuildConfig` from a YAML mapping; unknown keys raise naming the closest valid key."""
-    from agentrl.registry import unknown_name_message
-
-    known = {f for f in BuildConfig.__dataclass_fields__}
-    for key in data:
-        if key not in known:
-            raise ValueError(unknown_name_message("index build setting", key, known))
     merged = {**data, **{k: v for k, v in overrides.items() if v is not None}}
-    for key in ("corpus", "out"):
-        if key not in merged:
-            raise ValueError(f"index build setting {key!r} is required")
-    return replace(BuildConfig(corpus=merged["corpus"], out=merged["out"]), **merged)
+    return from_dict(BuildConfig, merged, source=source)
 
 
 def config_to_dict(cfg: BuildConfig) -> dict[str, Any]:

@@ -107,7 +107,7 @@ def build(
             "keep_shards": keep_shards or None,
             "progress": progress,
         }
-        cfg = config_from_dict(data, **options)
+        cfg = config_from_dict(data, source=str(config) if config else "--corpus/--out options", **options)
         report = build_index(cfg)
     rate = report.encoded / report.seconds if report.seconds else 0.0
     typer.echo(
@@ -118,14 +118,11 @@ def build(
 
 
 def _load_yaml(path: Path) -> dict[str, object]:
-    import yaml
+    """Build settings from a YAML file: the top level, or its `index:` section when it has one."""
+    from agentrl.config import read_yaml
 
-    if not path.exists():
-        raise FileNotFoundError(f"config {path} does not exist")
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of build settings")
-    return data.get("index", data) if isinstance(data.get("index"), dict) else data
+    data = read_yaml(path)
+    return data["index"] if isinstance(data.get("index"), dict) else data
 
 
 @app.command("search")

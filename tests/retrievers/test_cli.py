@@ -79,3 +79,14 @@ def test_index_configs_parse() -> None:
     for path in files:
         cfg = config_from_dict(yaml.safe_load(path.read_text()))
         assert cfg.kind in ("dense", "bm25", "hybrid") and cfg.out
+
+
+def test_build_settings_errors_name_key_file_and_closest(tmp_path: Path) -> None:
+    bad = tmp_path / "index.yaml"
+    bad.write_text("corpus: c.jsonl\nout: idx\nbatch_sise: 8\n")
+    result = CliRunner().invoke(app, ["index", "build", "--config", str(bad)])
+    assert result.exit_code == 2
+    assert "batch_sise" in result.output and "batch_size" in result.output and "index.yaml" in result.output
+    result = CliRunner().invoke(app, ["index", "build", "--out", str(tmp_path / "idx")])
+    assert result.exit_code == 2
+    assert "missing required value 'corpus'" in result.output
