@@ -1,11 +1,15 @@
-"""Atomic file writes: a file is either its old self or completely written, never half of each."""
+"""File helpers: atomic writes (a file is either its old self or completely written, never half of each) and
+streamed JSONL reading with line-numbered errors."""
 
 from __future__ import annotations
 
 import contextlib
+import gzip
+import io
+import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -31,3 +35,33 @@ def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def open_text(path: str | Path) -> IO[str]:
+    """Open a UTF-8 text file for reading, transparently decompressing `.gz`."""
+    p = Path(path)
+    if p.suffix == ".gz":
+        return io.TextIOWrapper(gzip.open(p, "rb"), encoding="utf-8")
+    return p.open(encoding="utf-8")
+
+
+def iter_jsonl(
+    path: str | Path, error: Callable[[int, str], Exception] | None = None
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for every non-blank line of a JSONL file (`.gz` too), streamed.
+
+    A line that is not valid JSON or not a JSON object raises `error(line, message)`; the default is a
+    `ValueError` reading `path:line: message`.
+    """
+    make_error = error or (lambda line, message: ValueError(f"{path}:{line}: {message}"))
+    with open_text(path) as handle:
+        for line_no, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise make_error(line_no, f"invalid JSON: {exc.msg}") from None
+            if not isinstance(record, dict):
+                raise make_error(line_no, f"expected a JSON object per line, got {type(record).__name__}")
+            yield line_no, record

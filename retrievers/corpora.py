@@ -15,15 +15,13 @@ Bad input raises `CorpusFormatError` naming the file, line and field.
 from __future__ import annotations
 
 import csv
-import gzip
-import io
-import json
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agentrl.files import iter_jsonl, open_text
 from agentrl.registry import Registry
 
 
@@ -85,24 +83,8 @@ def detect_format(path: Path) -> str:
     raise CorpusFormatError(path, None, "file is empty")
 
 
-def _open_text(path: Path) -> io.TextIOBase:
-    if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
-    return open(path, encoding="utf-8")
-
-
 def _jsonl_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    with _open_text(path) as handle:
-        for lineno, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise CorpusFormatError(path, lineno, f"invalid JSON: {exc.msg}") from None
-            if not isinstance(record, dict):
-                raise CorpusFormatError(path, lineno, "expected a JSON object per line")
-            yield lineno, record
+    return iter_jsonl(path, lambda line, message: CorpusFormatError(path, line, message))
 
 
 def _field(record: dict[str, Any], name: str, path: Path, line: int, kind: type = str) -> Any:
@@ -146,7 +128,7 @@ def read_jsonl(path: Path) -> Iterator[Document]:
 @CORPUS_FORMATS.register("dpr", "tsv")
 def read_dpr(path: Path) -> Iterator[Document]:
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-    with _open_text(path) as handle:
+    with open_text(path) as handle:
         rows = csv.reader(handle, delimiter="\t")
         header = next(rows, None)
         if header is None:

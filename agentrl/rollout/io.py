@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from agentrl.files import atomic_open
+from agentrl.files import atomic_open, iter_jsonl
 from agentrl.types import Trajectory
 
 
@@ -40,16 +40,9 @@ def write_trajectories(path: str | Path, trajectories: Iterable[Trajectory], tok
 
 
 def iter_trajectories(path: str | Path) -> Iterator[Trajectory]:
-    with Path(path).open(encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                data = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{number}: not valid JSON: {exc}") from None
-            data["logprobs"] = [0.0 if lp is None else float(lp) for lp in data["logprobs"]]
-            yield Trajectory.from_dict(data)
+    for _, data in iter_jsonl(path):
+        data["logprobs"] = [0.0 if lp is None else float(lp) for lp in data["logprobs"]]
+        yield Trajectory.from_dict(data)
 
 
 def read_trajectories(path: str | Path) -> list[Trajectory]:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agentrl.files import iter_jsonl
 from agentrl.registry import Registry
 from agentrl.types import Task
 
@@ -134,19 +135,10 @@ def read_file(path: Path) -> Iterator[Record]:
     record numbers) or .parquet (row numbers) file."""
     source = str(path)
     if path.suffix == ".jsonl":
-        with path.open(encoding="utf-8") as handle:
-            for line_no, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    data = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise RecordError(f"{source}:{line_no}: invalid JSON ({exc.msg})") from None
-                if not isinstance(data, dict):
-                    raise RecordError(
-                        f"{source}:{line_no}: expected a JSON object, got {type(data).__name__}"
-                    )
-                yield Record(data, source, line_no)
+        for line_no, data in iter_jsonl(
+            path, lambda line, message: RecordError(f"{source}:{line}: {message}")
+        ):
+            yield Record(data, source, line_no)
     elif path.suffix == ".json":
         with path.open(encoding="utf-8") as handle:
             data = json.load(handle)

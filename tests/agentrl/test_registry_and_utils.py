@@ -86,3 +86,18 @@ def test_atomic_open_replaces_whole_or_not_at_all(tmp_path: Path) -> None:
     assert [p.name for p in target.parent.iterdir()] == ["data.bin"]
     with pytest.raises(ValueError, match="mode must be"), atomic_open(target, "a"):
         pass
+
+
+def test_iter_jsonl_streams_objects_with_line_numbers(tmp_path: Path) -> None:
+    import gzip
+
+    from agentrl.files import iter_jsonl
+
+    path = tmp_path / "rows.jsonl.gz"
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        f.write('{"a": 1}\n\n{"a": 2}\n[3]\n')
+    rows = iter_jsonl(path)
+    assert next(rows) == (1, {"a": 1})
+    assert next(rows) == (3, {"a": 2})
+    with pytest.raises(ValueError, match=r"rows\.jsonl\.gz:4: expected a JSON object per line, got list"):
+        next(rows)
