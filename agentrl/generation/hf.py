@@ -235,13 +235,9 @@ class HFGenerator:
         key = (*row.prompt, *row.tokens[:-1])
         if len(key) > self.prefix_cache_tokens:
             return
-        cols = buffers.mask[i, : buffers.length].nonzero().squeeze(1)
-        if len(cols) != len(key):
+        if int(buffers.mask[i, : buffers.length].sum()) != len(key):
             return
-        kv = [
-            (k[i].index_select(1, cols), v[i].index_select(1, cols))
-            for k, v in zip(buffers.keys, buffers.values, strict=True)
-        ]
+        kv = _row_kv(buffers, i)
         if key in self._prefix:
             self._prefix_tokens -= len(key)
         self._prefix[key] = kv
@@ -296,11 +292,7 @@ class HFGenerator:
             return None
         row = _Row(-1, first[:n], SamplingParams(max_new_tokens=1))
         buffers, _ = self._prefill_rows([row], [(0, None)])
-        cols = buffers.mask[0, : buffers.length].nonzero().squeeze(1)
-        return n, [
-            (k[0].index_select(1, cols), v[0].index_select(1, cols))
-            for k, v in zip(buffers.keys, buffers.values, strict=True)
-        ]
+        return n, _row_kv(buffers, 0)
 
     def _prefill_unique(self, rows: list[_Row]) -> tuple[_Buffers, torch.Tensor]:
         cached = [self._lookup(r.prompt) for r in rows]
@@ -403,8 +395,17 @@ def _sample(logits: torch.Tensor, sampling: SamplingParams, rng: torch.Generator
     return tokens, logp.gather(1, tokens[:, None]).squeeze(1)
 
 
+def _row_kv(buffers: _Buffers, i: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer (keys, values) [H_kv, n, D] of row `i`'s n real (unmasked) columns, copied out."""
+    cols = buffers.mask[i, : buffers.length].nonzero().squeeze(1)
+    return [
+        (k[i].index_select(1, cols), v[i].index_select(1, cols))
+        for k, v in zip(buffers.keys, buffers.values, strict=True)
+    ]
+
+
 def _select(buffers: _Buffers, index: torch.Tensor) -> _Buffers:
-    """Keep rows `index` (a copy of the used columns)."""
+    """Keep rows `index` (a copy of those rows)."""
     used = buffers.length
     out = _Buffers.__new__(_Buffers)
     out.keys = [k.index_select(0, index) for k in buffers.keys]
