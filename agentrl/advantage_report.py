@@ -1,6 +1,6 @@
 """How each training recipe would weigh a batch of rollouts: advantages and gradient masses per preset.
 
-Used by the quickstart (and later the trainer's logs) to show, for the same rewards, the success mass m_S and
+Used by the trainer (its per-step advantages and logs) to show, for the same rewards, the success mass m_S and
 failure mass m_F (FADE eq. 3) that each preset's advantage scheme assigns.
 """
 
@@ -21,15 +21,16 @@ def batch_rewards(trajectories: list[Trajectory]) -> tuple[torch.Tensor, torch.T
 
 
 def scheme_advantages(
-    trajectories: list[Trajectory], scheme: str, params: dict[str, Any] | None = None
+    trajectories: list[Trajectory], scheme: str, params: dict[str, Any] | None = None, fade_state: Any = None
 ) -> torch.Tensor:
-    """[N] advantages of `scheme`; FADE starts from a fresh state with the batch's mean token entropy."""
+    """[N] advantages of `scheme`. FADE advances `fade_state` (a fresh one when None) with the batch's mean
+    token entropy; `t2t` reads each episode's number of agent tokens as its length."""
     from trainers.advantages import FadeState, compute_advantages
 
     rewards, groups = batch_rewards(trajectories)
     params = dict(params or {})
     if scheme == "fade" and "state" not in params:
-        params["state"] = FadeState()
+        params["state"] = fade_state if fade_state is not None else FadeState()
         params.setdefault("entropy", mean_negative_logprob(trajectories))
     if scheme == "t2t" and "lengths" not in params:
         params["lengths"] = torch.tensor([t.num_agent_tokens for t in trajectories], dtype=torch.float64)

@@ -82,6 +82,9 @@ def set_dotted(data: dict[str, Any], key: str, raw: str, cls: type, source: str)
             node[part] = _parse_override_value(raw, target)
             return
         sub_cls = _dataclass_in(target)
+        if sub_cls is None and _is_mapping(target):
+            _set_in_mapping(node, parts[depth:], raw)
+            return
         if sub_cls is None:
             section = ".".join(parts[: depth + 1])
             raise ConfigError(f"{source}: {section!r} is not a section, it has no sub-keys")
@@ -143,6 +146,22 @@ def _dataclass_in(tp: Any) -> type | None:
         if dataclasses.is_dataclass(arg):
             return arg  # type: ignore[return-value]
     return None
+
+
+def _is_mapping(tp: Any) -> bool:
+    return typing.get_origin(tp) is dict or any(typing.get_origin(a) is dict for a in typing.get_args(tp))
+
+
+def _set_in_mapping(node: dict[str, Any], keys: list[str], raw: str) -> None:
+    """`a.b.c=v` into a free-form mapping field (`env.kwargs.world_seed=1`, `algorithm.loss.kl_coef=0`):
+    intermediate keys become nested mappings and the value is read as YAML."""
+    for key in keys[:-1]:
+        child = node.get(key)
+        if not isinstance(child, dict):
+            child = {}
+            node[key] = child
+        node = child
+    node[keys[-1]] = _parse_override_value(raw, Any)
 
 
 def _parse_override_value(raw: str, target: Any) -> Any:

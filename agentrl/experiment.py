@@ -12,7 +12,8 @@ from typing import Any, Literal
 
 @dataclass
 class ModelSection:
-    """The policy. `name` is `bundled:smollm2-135m-instruct`, a local directory or a hub id."""
+    """The policy. `name` is `bundled:smollm2-135m-instruct`, a local directory (a transformers model, an
+    `agentrl train` checkpoint or run directory) or a hub id."""
 
     name: str = "bundled:smollm2-135m-instruct"
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
@@ -20,13 +21,39 @@ class ModelSection:
 
 
 @dataclass
+class FinetuneSection:
+    """Which parameters train.
+
+    mode: `full` (the model's own weights) or `lora` (peft adapters; checkpoints hold the adapter only).
+    train_layers: `all`, `upper_half`, or the number of top decoder layers that train (full mode); the layers
+        below are frozen, which also skips their backward pass.
+    freeze_embeddings: keep the token embeddings (and a tied output head) frozen.
+    lora_r, lora_alpha, lora_dropout, lora_target_modules: the adapters (WAPO used r 8, alpha 32);
+        `all-linear` targets every linear layer but the output head.
+    """
+
+    mode: Literal["full", "lora"] = "full"
+    train_layers: int | Literal["all", "upper_half"] = "all"
+    freeze_embeddings: bool = False
+    lora_r: int = 8
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    lora_target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+
+
+@dataclass
 class DataSection:
-    """Where tasks come from: a dataset loader by name, reading `path` (file or hub name) when given."""
+    """Where tasks come from: a dataset loader by name, reading `path` (file or hub name) when given.
+
+    `synthetic` draws questions of the seeded synthetic world (`options: {world_seed, world_entities}`).
+    `num_tasks` caps the pool (None: every task the source has); training cycles through the pool in epochs,
+    shuffled per epoch with the run seed.
+    """
 
     dataset: str = "synthetic"
     path: str | None = None
     split: str = "train"
-    num_tasks: int = 8
+    num_tasks: int | None = 8
     seed: int = 0
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -37,12 +64,15 @@ class RetrieverSection:
 
     kind: `memory` (BM25 over the task corpus or synthetic world, no files), `dense` / `bm25` / `hybrid`
     (an index directory built by `agentrl index build`), or `http` (a `agentrl serve-retriever` URL).
+    With the synthetic dataset and no `index_dir`, a `dense` / `bm25` / `hybrid` index over the documents of
+    every synthetic world the run uses is built with `encoder` on first use and cached.
     """
 
     kind: Literal["memory", "dense", "bm25", "hybrid", "http"] = "memory"
     index_dir: str | None = None
     url: str | None = None
     topk: int = 3
+    encoder: str = "bundled:all-minilm-l6-v2"
 
 
 @dataclass
@@ -60,6 +90,7 @@ class RolloutSection:
 
     `max_new_tokens` is per turn; `end_on_length` ends an episode whose turn hits it (otherwise the env
     answers the cut-off turn and the episode goes on); `inline_format` wraps observations in inline mode.
+    `batch_size` is how many episodes the generator decodes together.
     """
 
     group_size: int = 4
@@ -83,34 +114,149 @@ class RolloutSection:
 @dataclass
 class AlgorithmSection:
     """The training recipe: a preset of `trainers.presets` (grpo, dapo, gspo, wapo, stapo, cw_grpo, fade,
-    grpo_n, gspo_n); `scheme` swaps in another advantage scheme of `trainers.advantages.SCHEMES` and
-    `scheme_params` sets its options (`alpha`, `delta`, `k`, ...)."""
+    grpo_n, gspo_n and the WAPO baselines) with optional changes.
+
+    scheme / scheme_params: swap in another advantage scheme of `trainers.advantages.SCHEMES` or set its
+        options (`alpha`, `delta`, `k`, ...).
+    filters: replace the preset's token filters (None keeps them).
+    loss: policy-loss fields to change (`kl_coef`, `eps_high`, `aggregation`, ...; see `LossConfig`).
+    max_response_length: T_max of the `fixed_length` / `token_budget` normalisers; None derives it from the
+        rollout budget, min(env.max_turns x rollout.max_new_tokens, rollout.max_total_tokens).
+    """
 
     preset: str = "grpo"
     scheme: str | None = None
     scheme_params: dict[str, Any] = field(default_factory=dict)
+    filters: list[Any] | None = None
+    loss: dict[str, Any] = field(default_factory=dict)
+    max_response_length: int | None = None
+
+
+@dataclass
+class TrainerSection:
+    """The RL loop.
+
+    steps: training steps; each rolls out `batch_size` tasks x `rollout.group_size` episodes and updates.
+    epochs, minibatches: PPO epochs over the step's batch, each split into `minibatches` optimizer steps
+        (whole groups per minibatch); with 1 and 1 the sampler's log-probs are the old policy's.
+    micro_batch_tokens: padded tokens per forward/backward (gradient accumulation inside a minibatch); one
+        episode of `rollout.max_total_tokens` must fit.
+    learning_rate: None uses the preset's (full fine-tuning or LoRA).
+    warmup_ratio / lr_schedule: linear warmup over that fraction of optimizer steps, then constant, linear
+        decay to 0 or cosine decay to 0.
+    max_grad_norm: None uses the preset's.
+    dynamic_sampling: None uses the preset's (on for dapo): groups whose rewards are all equal are dropped and
+        the batch is refilled from the next tasks, at most `max_refill_rounds` times; surplus groups wait in a
+        buffer for the next step.
+    oversample: with dynamic sampling, each round rolls out this many times the missing tasks (DAPO samples
+        a larger generation batch than it trains on); groups beyond the batch are buffered for the next step.
+    exclude_finish_reasons: episodes ending so never enter the loss (`error` always excluded).
+    turn_credit: `broadcast` (every agent token carries the episode advantage) or `per_turn`
+        (group-normalised discounted return-to-go per turn, `turn_gamma`).
+    save_every / keep_last: checkpoint every N steps (0: only at the end), keeping the newest K.
+    eval_every: evaluate on the `eval` section's tasks every N steps (0: only before and after training).
+    max_nonfinite_steps: stop after this many consecutive optimizer steps skipped for a NaN/inf loss or
+        gradient.
+    logprob_chunk_size: positions per chunk of the output-head log-prob computation.
+    log_rank1: log the rank-1 fraction of each step's output-head weight change (FADE sec. 4.2).
+    """
+
+    steps: int = 4
+    batch_size: int = 4
+    epochs: int = 1
+    minibatches: int = 1
+    micro_batch_tokens: int = 8192
+    learning_rate: float | None = None
+    warmup_ratio: float = 0.0
+    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
+    weight_decay: float = 0.0
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    max_grad_norm: float | None = None
+    dynamic_sampling: bool | None = None
+    max_refill_rounds: int = 3
+    oversample: float = 1.0
+    exclude_finish_reasons: list[str] = field(default_factory=list)
+    turn_credit: Literal["broadcast", "per_turn"] = "broadcast"
+    turn_gamma: float = 1.0
+    save_every: int = 0
+    keep_last: int = 2
+    eval_every: int = 0
+    max_nonfinite_steps: int = 3
+    logprob_chunk_size: int = 1024
+    log_rank1: bool = False
+
+
+@dataclass
+class SFTSection:
+    """Supervised fine-tuning on agent tokens only (same masks as RL), as a cold start before RL or alone
+    (`agentrl sft`).
+
+    source: `oracle` (the scripted oracle agent's episodes, played through the rollout engine so they carry
+        its exact template and masks), `rejection` (episodes sampled from the policy, kept when their reward
+        reaches `min_reward`) or `trajectories` (a JSONL file written by `agentrl rollout`, `path`).
+    data: the tasks (a data section).
+    samples_per_task: episodes per task for `rejection`.
+    difficulty: keep only tasks whose success rate (reward >= `min_reward`) lies in [low, high]
+        (`rejection`; e.g. [0.01, 0.5] for WAPO's filter); None keeps every task.
+    steps / batch_size: optimizer steps of `batch_size` episodes (cycling through the data).
+    """
+
+    enabled: bool = False
+    source: Literal["oracle", "rejection", "trajectories"] = "oracle"
+    path: str | None = None
+    data: DataSection = field(default_factory=DataSection)
+    samples_per_task: int = 4
+    min_reward: float = 1.0
+    difficulty: list[float] | None = None
+    steps: int = 16
+    batch_size: int = 8
+    learning_rate: float = 1e-4
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+
+
+@dataclass
+class EvalSection:
+    """Held-out evaluation: `samples` episodes per task of `data`, greedy or sampled with `temperature`."""
+
+    enabled: bool = True
+    data: DataSection = field(default_factory=lambda: DataSection(num_tasks=40, split="test"))
+    samples: int = 1
+    greedy: bool = True
+    temperature: float = 1.0
+    before_training: bool = True
 
 
 @dataclass
 class OutputSection:
-    """Where runs write trajectories, metrics and checkpoints."""
+    """Where runs write trajectories, metrics, plots and checkpoints: a new `<dir>/<timestamp>` per run."""
 
     dir: str = "runs/quickstart"
     tensorboard: bool = False
     wandb: bool = False
     wandb_project: str = "agentrl"
+    plots: bool = True
+    save_trajectories: bool = True
 
 
 @dataclass
 class ExperimentConfig:
-    """A whole run; each field is a top-level YAML section."""
+    """A whole run; each field is a top-level YAML section.
+
+    threads: torch intra-op threads (None: torch's default, one per core).
+    """
 
     name: str = "quickstart"
     seed: int = 0
+    threads: int | None = None
     model: ModelSection = field(default_factory=ModelSection)
+    finetune: FinetuneSection = field(default_factory=FinetuneSection)
     data: DataSection = field(default_factory=DataSection)
     env: EnvSection = field(default_factory=EnvSection)
     retriever: RetrieverSection = field(default_factory=RetrieverSection)
     rollout: RolloutSection = field(default_factory=RolloutSection)
     algorithm: AlgorithmSection = field(default_factory=AlgorithmSection)
+    trainer: TrainerSection = field(default_factory=TrainerSection)
+    sft: SFTSection = field(default_factory=SFTSection)
+    eval: EvalSection = field(default_factory=EvalSection)
     output: OutputSection = field(default_factory=OutputSection)

@@ -24,6 +24,7 @@ class MetricsWriter:
         tensorboard: also write TensorBoard event files under `<out_dir>/tb` (needs `tensorboard`).
         wandb_project: also log to this W&B project (needs `wandb`; offline mode works without network).
         config: run config recorded by the W&B backend.
+        wandb_id: continue this W&B run (a resumed training run keeps its curves); see `wandb_run_id`.
     """
 
     def __init__(
@@ -33,6 +34,7 @@ class MetricsWriter:
         wandb_project: str | None = None,
         config: dict[str, Any] | None = None,
         filename: str = "metrics.jsonl",
+        wandb_id: str | None = None,
     ) -> None:
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -51,7 +53,13 @@ class MetricsWriter:
                 import wandb
             except ImportError as exc:
                 raise RuntimeError("W&B logging needs `pip install wandb`") from exc
-            self._wandb = wandb.init(project=wandb_project, dir=str(self.out_dir), config=config or {})
+            self._wandb = wandb.init(
+                project=wandb_project, dir=str(self.out_dir), config=config or {}, id=wandb_id, resume="allow"
+            )
+
+    @property
+    def wandb_run_id(self) -> str | None:
+        return None if self._wandb is None else str(self._wandb.id)
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
         """Record `metrics` (scalars; tensors and numpy scalars are converted) at `step`."""

@@ -64,6 +64,9 @@ class Trajectory:
         num_tool_calls: searches or tool calls issued.
         finish_reason: why the episode ended (`answer`, `max_turns`, `max_tokens`, `length`, `eos`, `error`).
         info: the env's final info plus per-turn signals, JSON-serializable.
+        policy_version: optimizer steps the policy had taken when it sampled this episode (0 = initial).
+        sampling: the sampling distribution the tokens were drawn from (`temperature`, `top_p`, `top_k`);
+            empty for episodes not sampled from a policy (scripted or oracle turns).
     """
 
     task_id: str
@@ -79,6 +82,8 @@ class Trajectory:
     num_tool_calls: int = 0
     finish_reason: str = ""
     info: dict[str, Any] = field(default_factory=dict)
+    policy_version: int = 0
+    sampling: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         n = len(self.token_ids)

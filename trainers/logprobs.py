@@ -38,12 +38,42 @@ class TokenStats:
         return self.logprobs.exp()
 
 
-def _chunk_logits(h: Tensor, weight: Tensor, bias: Tensor | None, temperature: float) -> Tensor:
+@dataclass(frozen=True)
+class Processing:
+    """The sampling distribution's logit processing: temperature, then top-k, then top-p (nucleus), exactly as
+    `agentrl.generation.base.process_logits` applies it when sampling."""
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+    @property
+    def truncates(self) -> bool:
+        return self.top_k > 0 or self.top_p < 1.0
+
+
+def _chunk_logits(h: Tensor, weight: Tensor, bias: Tensor | None, processing: Processing) -> Tensor:
+    """[n, V] processed logits, float32 (float64 for float64 inputs); tokens outside top-k/top-p are -inf."""
     z = h @ weight.t() if bias is None else torch.addmm(bias, h, weight.t())
     z = z.to(torch.promote_types(z.dtype, torch.float32))
-    if temperature != 1.0:
-        z.div_(temperature)
+    if processing.temperature != 1.0:
+        z.div_(processing.temperature)
+    vocab = z.shape[-1]
+    if 0 < processing.top_k < vocab:
+        kth = torch.topk(z, processing.top_k, dim=-1).values[..., -1:]
+        z.masked_fill_(z < kth, float("-inf"))
+    if processing.top_p < 1.0:
+        sorted_z, order = torch.sort(z, dim=-1, descending=True)
+        probs = sorted_z.softmax(dim=-1)
+        drop_sorted = probs.cumsum(dim=-1) - probs >= processing.top_p
+        drop_sorted[..., 0] = False
+        z.masked_fill_(torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted), float("-inf"))
     return z
+
+
+def _plogp(p: Tensor, logp: Tensor) -> Tensor:
+    """p·log p with 0·(-inf) = 0 for tokens outside the top-k/top-p set."""
+    return torch.where(p > 0, p * logp, torch.zeros_like(p))
 
 
 class _ChunkedHeadStats(torch.autograd.Function):
@@ -59,7 +89,7 @@ class _ChunkedHeadStats(torch.autograd.Function):
         weight: Tensor,
         bias: Tensor | None,
         targets: Tensor,
-        temperature: float,
+        processing: Processing,
         chunk_size: int,
     ) -> tuple[Tensor, Tensor, Tensor]:
         n = hidden.shape[0]
@@ -69,16 +99,16 @@ class _ChunkedHeadStats(torch.autograd.Function):
         coll = hidden.new_empty(n, dtype=acc)
         for s in range(0, n, chunk_size):
             e = min(s + chunk_size, n)
-            z = _chunk_logits(hidden[s:e], weight, bias, temperature)
+            z = _chunk_logits(hidden[s:e], weight, bias, processing)
             lse = torch.logsumexp(z, dim=-1, keepdim=True)
             z.sub_(lse)
             logp[s:e] = z.gather(1, targets[s:e, None]).squeeze(1)
             p = z.exp()
-            ent[s:e] = -(p * z).sum(-1)
+            ent[s:e] = -_plogp(p, z).sum(-1)
             coll[s:e] = (p * p).sum(-1)
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(hidden, weight, bias, targets, ent, coll)
-        ctx.temperature = temperature
+        ctx.processing = processing
         ctx.chunk_size = chunk_size
         return logp, ent, coll
 
@@ -90,7 +120,7 @@ class _ChunkedHeadStats(torch.autograd.Function):
         g_coll: Tensor | None,
     ) -> tuple[Tensor | None, ...]:
         hidden, weight, bias, targets, ent, coll = ctx.saved_tensors
-        temperature: float = ctx.temperature
+        processing: Processing = ctx.processing
         chunk = ctx.chunk_size
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         grad_h = torch.zeros_like(hidden) if need_h else None
@@ -100,7 +130,7 @@ class _ChunkedHeadStats(torch.autograd.Function):
         n = hidden.shape[0]
         for s in range(0, n, chunk):
             e = min(s + chunk, n)
-            logp_all = _chunk_logits(hidden[s:e], weight, bias, temperature)
+            logp_all = _chunk_logits(hidden[s:e], weight, bias, processing)
             logp_all.sub_(torch.logsumexp(logp_all, dim=-1, keepdim=True))
             p = logp_all.exp()
             grad_z = torch.zeros_like(p)
@@ -111,13 +141,13 @@ class _ChunkedHeadStats(torch.autograd.Function):
             if g_ent is not None:
                 ge = g_ent[s:e].to(acc)
                 logp_all.add_(ent[s:e, None])
-                grad_z.addcmul_(p * logp_all, -ge[:, None])
+                grad_z.addcmul_(_plogp(p, logp_all), -ge[:, None])
             if g_coll is not None:
                 gc = g_coll[s:e].to(acc)
                 p_minus_c = p - coll[s:e, None]
                 grad_z.addcmul_(p * p_minus_c, 2 * gc[:, None])
-            if temperature != 1.0:
-                grad_z.div_(temperature)
+            if processing.temperature != 1.0:
+                grad_z.div_(processing.temperature)
             if grad_h is not None:
                 grad_h[s:e] = (grad_z @ weight.to(acc)).to(hidden.dtype)
             if grad_w is not None:
@@ -138,10 +168,15 @@ def token_stats(
     bias: Tensor | None = None,
     *,
     temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
     chunk_size: int = 1024,
     mask: Tensor | None = None,
 ) -> TokenStats:
     """log π, entropy and C(p) of softmax((hidden @ weightᵀ + bias)/temperature), chunked over positions.
+
+    With `top_k` / `top_p` the distribution is the sampler's truncated one (renormalised over the kept
+    tokens, as `agentrl.generation.base.process_logits`): a target outside the kept set gets log π = -inf.
 
     Args:
         hidden: [B, T, H] final hidden states (position t predicts targets[:, t]).
@@ -149,6 +184,7 @@ def token_stats(
         targets: [B, T] token ids whose log-probability is wanted.
         bias: optional [V] output bias.
         temperature: divides the logits (use the sampling temperature so ratios match the sampler).
+        top_k, top_p: the sampler's truncation (0 and 1.0 disable them).
         chunk_size: positions per chunk; peak extra memory is about 3·chunk_size·V floats.
         mask: optional [B, T] bool; only these positions are computed (others are 0 with no gradient), which
             skips prompt and observation tokens.
@@ -158,15 +194,16 @@ def token_stats(
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
+    processing = Processing(float(temperature), int(top_k), float(top_p))
     b, t, h = hidden.shape
     flat_h = hidden.reshape(b * t, h)
     flat_y = targets.reshape(b * t).long()
     if mask is None:
-        lp, ent, coll = _ChunkedHeadStats.apply(flat_h, weight, bias, flat_y, float(temperature), chunk_size)
+        lp, ent, coll = _ChunkedHeadStats.apply(flat_h, weight, bias, flat_y, processing, chunk_size)
         return TokenStats(lp.view(b, t), ent.view(b, t), coll.view(b, t))
     rows = mask.reshape(b * t).nonzero().squeeze(1)
     lp, ent, coll = _ChunkedHeadStats.apply(
-        flat_h.index_select(0, rows), weight, bias, flat_y[rows], float(temperature), chunk_size
+        flat_h.index_select(0, rows), weight, bias, flat_y[rows], processing, chunk_size
     )
     outs = []
     for x in (lp, ent, coll):

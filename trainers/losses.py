@@ -26,6 +26,7 @@ AGGREGATIONS = (
     "seq_mean_token_mean",
     "seq_mean_token_sum",
     "fixed_length",
+    "token_budget",
     "renormalized_kept",
 )
 RATIOS = ("token", "sequence", "wapo")
@@ -48,7 +49,7 @@ def ppo_token_loss(
     *,
     eps_low: float = 0.2,
     eps_high: float = 0.2,
-    dual_clip: float | None = 3.0,
+    dual_clip: float | None = None,
     log_ratio_clip: float = 20.0,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Token-ratio PPO: ℓ_t = -min(ρ_t A, clip(ρ_t, 1-ε_low, 1+ε_high) A), dual-clipped at c·A for A < 0.
@@ -182,7 +183,7 @@ class LossNormalizer:
         group_ids: [num_groups] sorted group ids known to the step (for `fixed_length`).
         group_sizes: [num_groups] trajectories per group in the whole minibatch.
         group_active: [num_groups] bool, whether the group counts towards the loss.
-        max_length: T_max for `fixed_length`.
+        max_length: T_max for `fixed_length` and `token_budget`.
     """
 
     mode: str
@@ -226,6 +227,8 @@ class LossNormalizer:
         sizes = torch.zeros(0)
         active = torch.zeros(0, dtype=torch.bool)
         num_groups = 0.0
+        if mode == "token_budget" and max_length is None:
+            raise ValueError("token_budget aggregation needs max_length (T_max)")
         if mode == "fixed_length":
             if group_ids is None or max_length is None:
                 raise ValueError("fixed_length aggregation needs group_ids and max_length")
@@ -248,6 +251,7 @@ class LossNormalizer:
         - seq_mean_token_mean: mask / (|y_i| · sequences of the step)                      (GRPO)
         - seq_mean_token_sum: mask / (sequences of the step)
         - fixed_length: mask / (G_g · T_max · groups of the step)                         (Dr.GRPO, WAPO)
+        - token_budget: mask / (T_max · sequences of the step), a constant token budget   (FADE App. 11.1)
         """
         m = loss_mask.to(torch.float64)
         if self.mode in ("token_mean", "renormalized_kept"):
@@ -256,6 +260,9 @@ class LossNormalizer:
             w = m / m.sum(-1, keepdim=True).clamp_min(1) / max(self.num_sequences, 1.0)
         elif self.mode == "seq_mean_token_sum":
             w = m / max(self.num_sequences, 1.0)
+        elif self.mode == "token_budget":
+            assert self.max_length is not None
+            w = m / (float(self.max_length) * max(self.num_sequences, 1.0))
         else:
             if group_ids is None or self.max_length is None:
                 raise ValueError("fixed_length aggregation needs the micro-batch group_ids")
@@ -278,7 +285,8 @@ class LossConfig:
         dual_clip: c for A < 0 with the token ratio (None disables).
         log_ratio_clip: clamp of log ρ before exp.
         aggregation: one of AGGREGATIONS.
-        max_length: T_max for `fixed_length`.
+        max_length: T_max for `fixed_length` and `token_budget`; None lets the trainer use the run's response
+            budget.
         active_groups_only: `fixed_length` counts only groups with a nonzero advantage.
         kl_coef, kl_estimator: KL(π ‖ π_ref) penalty (coefficient 0 disables it).
         entropy_coef: entropy bonus (subtracted from the loss).
@@ -287,7 +295,7 @@ class LossConfig:
     ratio: str = "token"
     eps_low: float = 0.2
     eps_high: float = 0.2
-    dual_clip: float | None = 3.0
+    dual_clip: float | None = None
     log_ratio_clip: float = 20.0
     aggregation: str = "seq_mean_token_mean"
     max_length: int | None = None

@@ -27,6 +27,7 @@ from typing import Any, Literal
 from agentrl.generation.base import Completion, Generator, SamplingParams
 from agentrl.rollout.chat import Message, encode, prompt_ids, turn_suffix
 from agentrl.rollout.executors import Executor, Reply
+from agentrl.seeding import derive_seed
 from agentrl.types import Task, Trajectory
 
 
@@ -43,7 +44,8 @@ class EngineConfig:
         observation_mode: `message` or `inline`.
         inline_format: how inline observations are wrapped.
         end_on_length: end the episode when a turn hits `max_new_tokens` and the env goes on.
-        seed: seeds env resets (seed + episode index) and sampling (derived per generate call).
+        seed: seeds env resets (seed + episode index) and sampling (derived per generate call);
+            `run(seed=...)` overrides it for one call.
     """
 
     sampling: SamplingParams = field(default_factory=SamplingParams)
@@ -102,6 +104,8 @@ class _Episode:
     episode_info: dict[str, Any] = field(default_factory=dict)
     finish_reason: str = ""
     error: str | None = None
+    policy_version: int = 0
+    sampling: dict[str, Any] = field(default_factory=dict)
 
     @property
     def done(self) -> bool:
@@ -131,6 +135,8 @@ class _Episode:
             num_tool_calls=self.num_tool_calls,
             finish_reason=self.finish_reason,
             info=info,
+            policy_version=self.policy_version,
+            sampling=dict(self.sampling),
         )
 
 
@@ -164,6 +170,7 @@ class RolloutEngine:
         self.executor = executor
         self.config = config
         self.stats = RolloutStats()
+        self._run_seed = config.seed
         self._eos_ids = set(getattr(generator, "eos_ids", set()) or ())
         if tokenizer.eos_token_id is not None:
             self._eos_ids.add(tokenizer.eos_token_id)
@@ -174,24 +181,35 @@ class RolloutEngine:
         group_size: int = 1,
         group_offset: int = 0,
         on_finish: Callable[[int], None] | None = None,
+        seed: int | None = None,
+        policy_version: int = 0,
     ) -> list[Trajectory]:
         """Roll out `group_size` episodes per task; returns them task-major ([task0 x G, task1 x G, ...]).
 
         Group ids are `group_offset + task index`. `on_finish(n)` is called as n more episodes end.
+        `seed` replaces `config.seed` for this call: env resets use `seed + slot` and each generate call a
+        seed derived from (`seed`, call index), so a trainer that passes a fresh seed per step (derived from
+        its run seed and the step) draws fresh tokens every step and the same ones again on resume.
+        `policy_version` is recorded on every trajectory.
         """
         cfg = self.config
         self.stats = RolloutStats()
+        self._run_seed = cfg.seed if seed is None else seed
         started = time.perf_counter()
+        sp = cfg.sampling
+        sampling = {"temperature": sp.temperature, "top_p": sp.top_p, "top_k": sp.top_k}
         episodes = [
-            _Episode(task=task, group_id=group_offset + t, slot=t * group_size + g)
+            _Episode(
+                task=task, group_id=group_offset + t, slot=t * group_size + g,
+                policy_version=policy_version, sampling=sampling,
+            )
             for t, task in enumerate(tasks)
             for g in range(group_size)
-        ]
+        ]  # fmt: skip
         notify = on_finish or (lambda n: None)
         t0 = time.perf_counter()
-        replies = self.executor.reset(
-            [e.slot for e in episodes], [e.task for e in episodes], [cfg.seed + e.slot for e in episodes]
-        )
+        seeds = [self._run_seed + e.slot for e in episodes]
+        replies = self.executor.reset([e.slot for e in episodes], [e.task for e in episodes], seeds)
         self.stats.env_seconds += time.perf_counter() - t0
         for ep, reply in zip(episodes, replies, strict=True):
             self._start(ep, reply)
@@ -235,9 +253,9 @@ class RolloutEngine:
 
     def _generate(self, ready: list[_Episode]) -> list[Completion]:
         cfg = self.config
-        seed = (
-            None if cfg.sampling.seed is None else cfg.sampling.seed * 1_000_003 + self.stats.generate_calls
-        )
+        seed = None
+        if cfg.sampling.seed is not None:
+            seed = derive_seed(self._run_seed, "generate", self.stats.generate_calls)
         params = [
             replace(
                 cfg.sampling,

@@ -33,20 +33,47 @@ def _env_parameters(env_id: str) -> set[str] | None:
     return set(params)
 
 
-def build_retriever(cfg: Any) -> Any:
-    """The configured search backend, or None to let the env use its default (the synthetic world for
-    `memory` with the synthetic dataset)."""
-    section = cfg.retriever
-    if section.kind == "memory":
-        if cfg.data.dataset == "synthetic" and cfg.env.id == "agentrl/SearchQA-v0":
-            from environments.search_env import world_retriever
+def run_worlds(cfg: Any) -> list[tuple[int, int]]:
+    """(seed, entities) of every synthetic world the run's data sections draw from (training data, and the
+    SFT and held-out evaluation data when those phases are on)."""
+    from agentrl.rollout.synthetic import world_of
 
-            return world_retriever(
-                cfg.env.kwargs.get("world_seed", 0), cfg.env.kwargs.get("world_entities", 3000)
-            )
-        return None
+    sections = [cfg.data]
+    for phase in ("sft", "eval"):
+        section = getattr(cfg, phase, None)
+        if section is not None and section.enabled:
+            sections.append(section.data)
+    return sorted(
+        {world_of(s.options, cfg.env.kwargs) for s in sections if s.dataset == "synthetic" and s.path is None}
+    )
+
+
+def build_retriever(cfg: Any) -> Any:
+    """The configured search backend, or None to let the env use its default.
+
+    With synthetic data, `memory` is BM25 over the documents of the run's worlds, and `dense` / `bm25` /
+    `hybrid` without an `index_dir` build (once, then reuse) an index over them with `retriever.encoder`.
+    """
+    section = cfg.retriever
+    params = _env_parameters(cfg.env.id)
+    worlds = run_worlds(cfg) if params is None or "retriever" in params else []
+    if section.kind == "memory":
+        if not worlds:
+            return None
+        from environments.search_env import world_retriever
+
+        if len(worlds) == 1:
+            return world_retriever(*worlds[0])
+        from agentrl.rollout.synthetic import synthetic_documents
+        from retrievers.memory import InMemoryRetriever
+
+        return InMemoryRetriever(synthetic_documents(worlds))
     from retrievers.factory import open_retriever
 
+    if section.kind != "http" and not section.index_dir and worlds:
+        from agentrl.rollout.synthetic import synthetic_index
+
+        return open_retriever(synthetic_index(worlds, section.kind, section.encoder))
     key = "url" if section.kind == "http" else "index_dir"
     target = getattr(section, key)
     if not target:

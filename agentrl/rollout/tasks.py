@@ -38,17 +38,27 @@ def env_default_tasks(
 def load_rollout_tasks(
     dataset: str | None,
     path: str | None,
-    num_tasks: int,
+    num_tasks: int | None,
     seed: int = 0,
     env_id: Any = None,
     env_kwargs: dict[str, Any] | None = None,
     split: str = "test",
     options: dict[str, Any] | None = None,
 ) -> list[Task]:
-    """Tasks from `environments.datasets.load_tasks(dataset, path)` or, when `dataset` is None or "env", from
-    the env's default source."""
-    if dataset in (None, "", "env", "synthetic") and path is None:
+    """Tasks from `environments.datasets.load_tasks(dataset, path)`; `synthetic` draws questions of the seeded
+    synthetic world (`options: world_seed, world_entities`); None or "env" asks the env's default source.
+    `num_tasks` None means every task (the env's default source needs a number)."""
+    if dataset == "synthetic" and path is None:
+        from agentrl.rollout.synthetic import synthetic_tasks
+
+        return synthetic_tasks(dict(options or {}), num_tasks, seed, env_kwargs)
+    if dataset in (None, "", "env") and path is None:
+        if num_tasks is None:
+            raise ValueError("tasks from the env's default source need a number (data.num_tasks)")
         return env_default_tasks(env_id, num_tasks, seed, env_kwargs)
     from environments.datasets import load_tasks
 
-    return load_tasks(dataset, path, split=split, limit=num_tasks, **(options or {}))
+    tasks = load_tasks(dataset, path, split=split, limit=num_tasks, **(options or {}))
+    if not tasks:
+        raise ValueError(f"dataset {dataset!r} at {path!r} gave no tasks")
+    return tasks

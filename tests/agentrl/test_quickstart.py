@@ -1,4 +1,5 @@
-"""The quickstart pipeline end to end on a tiny random model saved as a local model directory."""
+"""The quickstart pipeline end to end on a tiny random model: dense index over the synthetic worlds, oracle
+SFT through the rollout engine, RL, held-out evaluations before and after, checkpoint, plots and summary."""
 
 from __future__ import annotations
 
@@ -6,18 +7,21 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from agentrl.cli.main import app
 from agentrl.config import load_config
 from agentrl.experiment import ExperimentConfig
 from agentrl.metrics import read_metrics
-from agentrl.quickstart import new_run_dir, run_quickstart
-from agentrl.rollout.io import read_trajectories
+from agentrl.train.run_state import new_run_dir
 from tests.agentrl.conftest import make_tiny_model
+from tests.conftest import requires_minilm
 
 REPO = Path(__file__).resolve().parents[2]
+SMALL_WORLDS = [
+    f"{section}.options={{world_seed: {seed}, world_entities: 40}}"
+    for section, seed in (("data", 1), ("sft.data", 1), ("eval.data", 0))
+]
 
 
 @pytest.fixture(scope="module")
@@ -28,70 +32,59 @@ def tiny_model_dir(tokenizer, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def tiny_config(model_dir: Path, out: Path, *extra: str) -> ExperimentConfig:
-    return load_config(
-        ExperimentConfig,
-        REPO / "configs" / "quickstart.yaml",
-        [
-            f"model.name={model_dir}", "model.device=cpu", "data.num_tasks=3", "rollout.group_size=2",
-            "rollout.max_new_tokens=12", "env.max_turns=2", f"output.dir={out}", *extra,
-        ],
-    )  # fmt: skip
+def quickstart_args(model_dir: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        f"model.name={model_dir}", "model.device=cpu", "sft.steps=2", "sft.batch_size=2",
+        "sft.data.num_tasks=4", "trainer.steps=1", "trainer.batch_size=1", "rollout.group_size=2",
+        "rollout.max_new_tokens=40", "eval.data.num_tasks=2", f"output.dir={out}", *SMALL_WORLDS, *extra,
+    ]  # fmt: skip
 
 
-def test_run_quickstart_writes_trajectories_metrics_and_config(tiny_model_dir: Path, tmp_path: Path) -> None:
-    cfg = tiny_config(tiny_model_dir, tmp_path)
-    finished: list[int] = []
-    totals: list[int] = []
-    result = run_quickstart(cfg, on_finish=finished.append, on_start=totals.append)
-    assert totals == [6]
-    assert sum(finished) == 6
-    trajectories = read_trajectories(result.run_dir / "trajectories.jsonl")
-    assert len(trajectories) == 6
-    assert sorted({t.group_id for t in trajectories}) == [0, 1, 2]
-    for t in trajectories:
-        assert 0 < t.num_agent_tokens <= 2 * 12
-        assert all(m in (0, 1) for m in t.loss_mask)
-    rewards = torch.tensor([t.reward for t in trajectories], dtype=torch.float64)
-    assert result.metrics["reward/mean"] == pytest.approx(float(rewards.mean()))
-    assert result.metrics["episodes"] == 6
-    rows = read_metrics(result.run_dir / "metrics.jsonl")
-    assert rows[0]["reward/mean"] == pytest.approx(result.metrics["reward/mean"])
-    assert load_config(ExperimentConfig, result.run_dir / "config.yaml") == cfg
-    assert set(result.preset_masses) >= {"grpo", "dapo", "gspo", "wapo", "stapo", "fade", "grpo_n"}
-    assert len(result.advantages) == 6
+@requires_minilm
+def test_quickstart_cli_runs_sft_then_rl_and_reports(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AGENTRL_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.chdir(REPO)
+    result = CliRunner().invoke(app, ["quickstart", *quickstart_args(tiny_model_dir, tmp_path / "runs")])
+    assert result.exit_code == 0, result.output
+    for label in ("before SFT", "after SFT", "after RL"):
+        assert label in result.output
+    assert "held-out evaluation" in result.output and "training reward by step" in result.output
+    (run_dir,) = list((tmp_path / "runs").iterdir())
+    indexes = list((tmp_path / "cache" / "indexes").glob("synthetic-w0x40-w1x40-dense-*"))
+    assert len(indexes) == 1 and (indexes[0] / "meta.json").is_file()
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    assert [r["phase"] for r in rows] == ["eval", "sft", "sft", "eval", "rl", "eval"]
+    assert [r["eval/label"] for r in rows if r["phase"] == "eval"] == ["before SFT", "after SFT", "after RL"]
+    sft = [json.loads(line) for line in (run_dir / "trajectories" / "sft.jsonl").open()]
+    assert sft and all(t["reward"] >= 1.0 for t in sft)
+    for t in sft:
+        agent = [i for i, m in zip(t["token_ids"], t["loss_mask"], strict=True) if m]
+        assert "<search>" in t["text"] and agent
+    assert (run_dir / "checkpoints" / "latest").is_file()
+    assert (run_dir / "plots" / "training.png").is_file()
+    saved = load_config(ExperimentConfig, run_dir / "config.yaml")
+    assert saved.model.name == str(tiny_model_dir) and saved.sft.enabled
 
 
-def test_quickstart_scheme_override(tiny_model_dir: Path, tmp_path: Path) -> None:
-    cfg = tiny_config(tiny_model_dir, tmp_path, "algorithm.scheme=reinforce")
-    result = run_quickstart(cfg)
-    rewards = [t.reward for t in result.trajectories]
-    assert result.advantages == pytest.approx(rewards)
+def test_quickstart_config_resolves() -> None:
+    cfg = load_config(ExperimentConfig, REPO / "configs" / "quickstart.yaml")
+    assert cfg.sft.enabled and cfg.eval.enabled and cfg.retriever.kind == "dense"
+    assert cfg.data.options["world_seed"] != cfg.eval.data.options["world_seed"]
+
+
+def test_quickstart_cli_rejects_misspelt_override(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)
+    result = CliRunner().invoke(app, ["quickstart", "rollout.grup_size=2"])
+    assert result.exit_code == 2
+    assert "rollout.group_size" in result.output
 
 
 def test_new_run_dir_never_reuses_a_directory(tmp_path: Path) -> None:
     first = new_run_dir(tmp_path)
     second = new_run_dir(tmp_path)
     assert first != second and first.is_dir() and second.is_dir()
-
-
-def test_quickstart_cli(tiny_model_dir: Path, tmp_path: Path) -> None:
-    args = [
-        "quickstart", f"model.name={tiny_model_dir}", "model.device=cpu", "data.num_tasks=2",
-        "rollout.group_size=2", "rollout.max_new_tokens=8", "env.max_turns=1", f"output.dir={tmp_path}",
-    ]  # fmt: skip
-    result = CliRunner().invoke(app, args)
-    assert result.exit_code == 0, result.output
-    assert "gradient mass per preset" in result.output
-    (run_dir,) = list(tmp_path.iterdir())
-    lines = (run_dir / "trajectories.jsonl").read_text().splitlines()
-    assert len(lines) == 4 and "text" in json.loads(lines[0])
-
-
-def test_quickstart_cli_rejects_misspelt_override() -> None:
-    result = CliRunner().invoke(app, ["quickstart", "rollout.grup_size=2"])
-    assert result.exit_code == 2
-    assert "rollout.group_size" in result.output
 
 
 def test_write_trajectories_replaces_atomically(tmp_path: Path) -> None:

@@ -14,7 +14,10 @@ from trainers.logprobs import token_stats
 from trainers.losses import LossConfig, LossNormalizer, policy_loss
 from trainers.presets import PRESETS, Preset, get_preset
 
-NAMES = ["grpo", "dapo", "gspo", "wapo", "stapo", "cw_grpo", "fade", "grpo_n", "gspo_n"]
+NAMES = [
+    "grpo", "dapo", "gspo", "wapo", "stapo", "cw_grpo", "fade", "grpo_n", "gspo_n", "wapo_grpo_baseline",
+    "wapo_dapo_baseline", "wapo_gspo_baseline",
+]  # fmt: skip
 
 
 def test_every_preset_is_registered_and_consistent() -> None:
@@ -35,7 +38,7 @@ def test_every_preset_is_registered_and_consistent() -> None:
 def test_get_preset_returns_fresh_copies_and_validates() -> None:
     a = get_preset("grpo", learning_rate=3e-6)
     a.loss.eps_low = 0.5
-    assert get_preset("grpo").loss.eps_low == 9.0 and a.learning_rate == 3e-6
+    assert get_preset("grpo").loss.eps_low == 0.2 and a.learning_rate == 3e-6
     with pytest.raises(TypeError, match="no field"):
         get_preset("grpo", lr=1.0)
     with pytest.raises(ValueError, match="unknown key 'bogus'"):
@@ -68,7 +71,7 @@ def test_preset_end_to_end_step(name: str) -> None:
     )
     filt = apply_filters(inputs, preset.filters, renormalize=preset.renormalize)
     loss_cfg = preset.loss
-    if loss_cfg.aggregation == "fixed_length":
+    if loss_cfg.aggregation in ("fixed_length", "token_budget"):
         loss_cfg.max_length = t
     norm = LossNormalizer.build(
         loss_cfg.aggregation,

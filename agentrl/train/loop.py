@@ -1,0 +1,525 @@
+"""`agentrl train`: the RL loop, with an optional SFT cold start and held-out evaluations around it.
+
+One RL step, top to bottom (`Trainer.rl_step`):
+1. the next `trainer.batch_size` tasks -> `rollout.group_size` episodes each (fresh seed per step and refill),
+   dynamic sampling and finish-reason filtering (`agentrl.train.sampling`);
+2. advantages of the recipe's scheme (FADE advances its state), per-turn credit when configured;
+3. a no-grad statistics pass when the recipe needs one: old log-probs recomputed for more than one optimizer
+   step per batch, token-filter statistics, reference log-probs for a KL penalty;
+4. `epochs` x `minibatches` optimizer steps, each over whole groups with the minibatch's global denominators;
+5. the generator gets the new weights; metrics are logged; evaluation and checkpoints on their intervals.
+
+Everything random is seeded from the run seed and the step, and the checkpoint holds the data position, the
+FADE state, the dynamic-sampling buffer and every RNG, so a resumed run continues exactly where a killed one
+stopped. SIGINT/SIGTERM finish the current step and save; a second one abandons the step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from agentrl.config import to_dict
+from agentrl.evaluation import eval_engine, evaluate, headline, summarize
+from agentrl.experiment import ExperimentConfig
+from agentrl.metrics import MetricsWriter, read_metrics
+from agentrl.rollout.io import write_trajectories
+from agentrl.seeding import derive_seed, seed_everything
+from agentrl.train import run_state
+from agentrl.train.display import TrainDisplay, print_summary
+from agentrl.train.recipe import Recipe, check_config
+from agentrl.train.run_state import TrainState
+from agentrl.train.sampling import StepSampler
+from agentrl.train.step_batch import needs_stats, policy_minibatch, step_tensors
+from agentrl.train.task_loader import TaskLoader
+from agentrl.types import Trajectory
+from trainers import diagnostics
+from trainers.advantages import FadeState
+from trainers.batching import split_minibatches
+from trainers.checkpoint import capture_rng, restore_rng
+from trainers.filters import FilterInputs
+from trainers.logprobs import Processing
+from trainers.model_setup import TrainableSpec, parameter_counts, prepare_for_training
+from trainers.optim import OptimConfig
+from trainers.worker import LocalPolicyWorker, WorkerConfig, finalize_metrics, merge_metrics
+
+
+class TrainingStopped(RuntimeError):
+    """The run stopped on purpose (too many non-finite steps); the message says why and what was kept."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    state: TrainState
+    checkpoint: Path | None
+    evals: list[dict[str, Any]] = field(default_factory=list)
+    plots: list[Path] = field(default_factory=list)
+    interrupted: bool = False
+
+
+class StopFlag:
+    """SIGINT/SIGTERM once: finish the step and save; twice: abandon the step (KeyboardInterrupt)."""
+
+    def __init__(self, on_first: Any = None) -> None:
+        self.requested = False
+        self.on_first = on_first
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        if self.on_first is not None:
+            self.on_first()
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[StopFlag]:
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+
+class Trainer:
+    """Wires a config into a run: policy, worker, engine, data, evaluation, logging and checkpoints.
+
+    Args:
+        cfg: the experiment config.
+        source: where it came from (named in errors).
+        resume: None (a new run), `auto` or a path (see `run_state.find_resume_checkpoint`).
+        force: resume even when math-changing config fields differ from the checkpoint's.
+        display: progress display (default: a new one on stdout).
+        stop_after: end the process after this many RL steps of this invocation, as a kill would (tests).
+        sft_only: run the cold start only (evaluations and SFT), save a checkpoint and stop (`agentrl sft`);
+            `agentrl train --resume` on that run continues with RL.
+    """
+
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        source: str = "<config>",
+        resume: str | None = None,
+        force: bool = False,
+        display: TrainDisplay | None = None,
+        stop_after: int | None = None,
+        sft_only: bool = False,
+    ) -> None:
+        self.cfg = cfg
+        self.sft_only = sft_only
+        self.recipe: Recipe = check_config(cfg, source)
+        self.display = display or TrainDisplay()
+        self.stop_after = stop_after
+        self.checkpoint: Path | None = None
+        self.resume_from: Path | None = None
+        self.state = TrainState()
+        self.buffer: list[Any] = []
+        if resume is not None:
+            self.resume_from = run_state.find_resume_checkpoint(resume, cfg.output.dir)
+            state, old_config, self.buffer = run_state.read_state(self.resume_from)
+            differences = run_state.check_resume_config(old_config, cfg, force)
+            for line in differences:
+                self.display.note(f"[yellow]resuming despite a config change[/]: {line}")
+            self.state = state
+            self.run_dir = run_state.run_dir_of(self.resume_from)
+            run_state.truncate_metrics(self.run_dir / "metrics.jsonl", self.state.step)
+        else:
+            self.run_dir = run_state.new_run_dir(cfg.output.dir)
+        self.flag = StopFlag(on_first=self._announce_stop)
+        self._snapshot: dict[str, Any] | None = None
+
+    def _announce_stop(self) -> None:
+        self.display.note("[yellow]stop requested[/]: finishing this step, then saving (again to abandon it)")
+
+    # ----------------------------------------------------------------- set-up
+
+    def _build(self) -> None:
+        from agentrl.rollout.setup import build_engine, build_generator_for, env_kwargs_for, load_policy
+        from agentrl.rollout.tasks import load_rollout_tasks
+
+        cfg = self.cfg
+        if cfg.threads is not None:
+            torch.set_num_threads(cfg.threads)
+        seed_everything(cfg.seed)
+        self.display.note(f"loading {cfg.model.name}")
+        model, self.tokenizer = load_policy(cfg)
+        self.model = prepare_for_training(model, TrainableSpec.from_section(cfg.finetune))
+        counts = parameter_counts(self.model)
+        self.display.note(
+            f"training {counts['params/trainable']:,} of {counts['params/total']:,} parameters "
+            f"({cfg.finetune.mode}, layers: {cfg.finetune.train_layers})"
+        )
+        self.reference = None
+        if self.recipe.loss.kl_coef != 0 and cfg.finetune.mode == "full":
+            self.reference, _ = load_policy(cfg)
+            self.reference.requires_grad_(False)
+        self.display.note(f"loading tasks ({cfg.data.dataset})")
+        kwargs = env_kwargs_for(cfg)
+        d = cfg.data
+        self.tasks = load_rollout_tasks(
+            d.dataset, d.path, d.num_tasks, seed=d.seed, env_id=cfg.env.id, env_kwargs=kwargs, split=d.split,
+            options=d.options,
+        )  # fmt: skip
+        self.display.note("building the environment and retriever")
+        self.generator = build_generator_for(cfg, self.model, self.tokenizer)
+        self.engine, self.executor = build_engine(cfg, self.generator, self.tokenizer)
+        self.loader = TaskLoader(self.tasks, cfg.seed)
+        t = cfg.trainer
+        self.sampler = StepSampler(
+            self.engine, self.loader, t.batch_size, cfg.rollout.group_size, cfg.seed,
+            dynamic_sampling=self.recipe.dynamic_sampling, max_refill_rounds=t.max_refill_rounds,
+            exclude_finish_reasons=t.exclude_finish_reasons, oversample=t.oversample,
+        )  # fmt: skip
+        self.eval_tasks = None
+        if cfg.eval.enabled:
+            e = cfg.eval.data
+            self.eval_tasks = load_rollout_tasks(
+                e.dataset, e.path, e.num_tasks, seed=e.seed, env_id=cfg.env.id, env_kwargs=kwargs,
+                split=e.split, options=e.options,
+            )  # fmt: skip
+        self.worker = self._rl_worker()
+        self.fade = FadeState()
+        wandb_project = cfg.output.wandb_project if cfg.output.wandb else None
+        self.writer = MetricsWriter(
+            self.run_dir, tensorboard=cfg.output.tensorboard, wandb_project=wandb_project,
+            config=to_dict(cfg), wandb_id=self.state.wandb_id,
+        )  # fmt: skip
+        self.state.wandb_id = self.writer.wandb_run_id
+
+    def _rl_worker(self) -> LocalPolicyWorker:
+        cfg, t = self.cfg, self.cfg.trainer
+        optim = OptimConfig(
+            learning_rate=self.recipe.learning_rate,
+            total_steps=t.steps * t.epochs * t.minibatches,
+            warmup_ratio=t.warmup_ratio,
+            schedule=t.lr_schedule,
+            weight_decay=t.weight_decay,
+            betas=list(t.adam_betas),
+            max_grad_norm=self.recipe.max_grad_norm,
+        )
+        r = cfg.rollout
+        config = WorkerConfig(
+            optim=optim, loss=self.recipe.loss, processing=Processing(r.temperature, r.top_k, r.top_p),
+            micro_batch_tokens=t.micro_batch_tokens, chunk_size=t.logprob_chunk_size,
+        )  # fmt: skip
+        return LocalPolicyWorker(self.model, config, reference=self.reference)
+
+    def _restore(self) -> None:
+        assert self.resume_from is not None
+        self.display.note(f"resuming from {self.resume_from}")
+        if self.state.phase != "sft":
+            self.worker.load(self.resume_from)
+        self.loader.load_state_dict(self.state.loader)
+        self.sampler.load_state_dict(self.buffer)
+        if self.state.fade is not None:
+            self.fade = FadeState.from_dict(self.state.fade)
+        run_state.restore_rng_of(self.resume_from)
+        self.checkpoint = self.resume_from
+
+    # ----------------------------------------------------------------- the run
+
+    def run(self) -> TrainResult:
+        cfg = self.cfg
+        run_state.write_config(self.run_dir, cfg)
+        self.display.note(f"run directory {self.run_dir}")
+        self._build()
+        interrupted = False
+        try:
+            with self.display, self.flag.installed():
+                try:
+                    if self.resume_from is not None:
+                        self._restore()
+                    if self.state.phase == "sft":
+                        self._cold_start()
+                    if self.sft_only:
+                        self._save()
+                        return self._result(interrupted=False)
+                    self.display.start_phase("rl", cfg.trainer.steps, done=self.state.step)
+                    steps_this_run = 0
+                    while self.state.step < cfg.trainer.steps:
+                        if self.flag.requested:
+                            interrupted = True
+                            break
+                        self._rl_step(self.state.step + 1)
+                        steps_this_run += 1
+                        if self.stop_after is not None and steps_this_run >= self.stop_after:
+                            return self._result(interrupted=True)
+                    if not interrupted:
+                        self.state.phase = "done"
+                        if self.eval_tasks is not None:
+                            self._evaluate("after RL")
+                    self._save()
+                except KeyboardInterrupt:
+                    interrupted = True
+                    self._abandon()
+        finally:
+            self.writer.close()
+            self.executor.close()
+        return self._result(interrupted)
+
+    def _abandon(self) -> None:
+        """A second stop signal mid-step: save the state of the last finished step if this step has not
+        changed the weights yet; otherwise keep the last checkpoint as it is."""
+        snapshot = self._snapshot
+        if snapshot is None or self.worker.steps != snapshot["worker_steps"] or self.state.phase != "rl":
+            kept = self.checkpoint or "none"
+            self.display.note(f"[yellow]step abandoned mid-update[/]: nothing saved; last checkpoint: {kept}")
+            return
+        self.loader.load_state_dict(snapshot["loader"])
+        self.sampler.load_state_dict(snapshot["buffer"])
+        self.fade = FadeState.from_dict(snapshot["fade"])
+        restore_rng(snapshot["rng"])
+        self._save()
+        step = self.state.step
+        self.display.note(f"[yellow]step {step + 1} abandoned[/]; saved the state after step {step}")
+
+    def _take_snapshot(self) -> dict[str, Any]:
+        return {
+            "loader": self.loader.state_dict(), "buffer": self.sampler.state_dict(),
+            "fade": self.fade.to_dict(), "rng": capture_rng(), "worker_steps": self.worker.steps,
+        }  # fmt: skip
+
+    def _result(self, interrupted: bool) -> TrainResult:
+        plots: list[Path] = []
+        if self.cfg.output.plots:
+            from agentrl.train.plots import plot_training
+
+            plots = plot_training(read_metrics(self.run_dir / "metrics.jsonl"), self.run_dir / "plots")
+        rows = [r for r in read_metrics(self.run_dir / "metrics.jsonl") if r.get("phase") == "rl"]
+        curve = [(int(r["step"]), float(r["reward/mean"])) for r in rows if "reward/mean" in r]
+        print_summary(self.display.console, self.run_dir, self.state.evals, curve, self.checkpoint, plots)
+        return TrainResult(self.run_dir, self.state, self.checkpoint, self.state.evals, plots, interrupted)
+
+    def _save(self) -> None:
+        self.state.loader = self.loader.state_dict()
+        self.state.fade = self.fade.to_dict()
+        self.checkpoint = run_state.save_run_checkpoint(
+            self.run_dir, self.state, self.worker, self.tokenizer, self.cfg, self.sampler.state_dict(),
+            self.cfg.trainer.keep_last,
+        )  # fmt: skip
+
+    def _log(self, metrics: dict[str, Any], step: int, phase: str) -> None:
+        self.writer.log({"phase": phase, **metrics}, step=step)
+
+    # ----------------------------------------------------------------- evaluation and SFT
+
+    def _evaluate(self, label: str) -> dict[str, float]:
+        assert self.eval_tasks is not None
+        e = self.cfg.eval
+        self.display.note(f"evaluating {label}: {len(self.eval_tasks)} held-out tasks x {e.samples}")
+        engine = eval_engine(self.engine, greedy=e.greedy, temperature=e.temperature)
+        self.display.start_rollout(len(self.eval_tasks) * e.samples)
+        seed = derive_seed(self.cfg.seed, "eval")
+        result = evaluate(engine, self.eval_tasks, e.samples, seed=seed, on_finish=self.display.episodes_done)
+        scores = headline(result.metrics)
+        row = {"label": label, **scores, "episodes": result.metrics.get("eval/episodes", 0.0)}
+        self.state.evals.append(row)
+        self._log({**result.metrics, "eval/label": label}, self.state.step, "eval")
+        self.display.note(f"{label}: " + "  ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+        return result.metrics
+
+    def _cold_start(self) -> None:
+        """Evaluate the base model, run SFT when enabled, evaluate again, checkpoint."""
+        cfg = self.cfg
+        if self.eval_tasks is not None and cfg.eval.before_training:
+            self._evaluate("before SFT" if cfg.sft.enabled else "before RL")
+        if cfg.sft.enabled:
+            from agentrl.train.sft import run_sft
+
+            run_sft(self)
+            if self.eval_tasks is not None:
+                self._evaluate("after SFT")
+        self.state.phase = "rl"
+        self.worker = self._rl_worker()
+        if cfg.sft.enabled and not self.sft_only:
+            self._save()
+
+    # ----------------------------------------------------------------- one RL step
+
+    def _rl_step(self, step: int) -> dict[str, Any]:
+        cfg, t = self.cfg, self.cfg.trainer
+        self._snapshot = self._take_snapshot()
+        started = time.perf_counter()
+        self.display.start_rollout(t.batch_size * cfg.rollout.group_size)
+        sampled = self.sampler.sample(step, self.state.policy_version, on_finish=self.display.episodes_done)
+        trajectories = sampled.trajectories
+        rollout_s = time.perf_counter() - started
+        metrics = self._rollout_metrics(sampled)
+        if cfg.output.save_trajectories and sampled.sampled:
+            path = self.run_dir / "trajectories" / f"step-{step:06d}.jsonl"
+            write_trajectories(path, sampled.sampled, self.tokenizer)
+        update_started = time.perf_counter()
+        if trajectories:
+            metrics.update(self._update(step, trajectories))
+        else:
+            metrics["update/skipped_no_groups"] = 1.0
+            self.display.note(f"step {step}: no group with a learning signal; no update")
+        update_s = time.perf_counter() - update_started
+        self.worker.sync_weights(self.generator)
+        self.state.policy_version = self.worker.steps
+        self.state.step = step
+        metrics.update({
+            "perf/rollout_s": rollout_s, "perf/update_s": update_s,
+            "perf/step_s": time.perf_counter() - started,
+            "perf/tokens_per_s": sampled.stats.sampled_tokens / rollout_s if rollout_s > 0 else 0.0,
+            "perf/policy_version": float(self.state.policy_version),
+        })  # fmt: skip
+        self._log(metrics, step, "rl")
+        self.display.end_step(step, t.steps, metrics)
+        if t.eval_every and step % t.eval_every == 0 and step < t.steps and self.eval_tasks is not None:
+            self._evaluate(f"step {step}")
+        if t.save_every and step % t.save_every == 0 and step < t.steps:
+            self._save()
+        return metrics
+
+    def _rollout_metrics(self, sampled: Any) -> dict[str, Any]:
+        episodes = sampled.sampled
+        out: dict[str, Any] = {}
+        if episodes:
+            rewards = torch.tensor([e.reward for e in episodes], dtype=torch.float64)
+            groups = torch.tensor([e.group_id for e in episodes])
+            out.update(diagnostics.reward_stats(rewards, groups))
+            out.update(summarize(episodes, "episode/"))
+            for reason, n in Counter(e.finish_reason for e in episodes).items():
+                out[f"finish/{reason}"] = n / len(episodes)
+            versions = [e.policy_version for e in sampled.trajectories] or [self.state.policy_version]
+            out["episode/policy_version_min"] = float(min(versions))
+        for reason, n in sampled.excluded.items():
+            out[f"excluded/{reason}"] = float(n)
+        out["dynamic/dropped_groups"] = float(sampled.dropped_groups)
+        out["dynamic/rounds"] = float(sampled.rounds)
+        out["dynamic/buffered_groups"] = float(len(self.sampler.buffer))
+        out["dynamic/train_groups"] = float(len(sampled.groups))
+        out["perf/sampled_tokens"] = float(sampled.stats.sampled_tokens)
+        return out
+
+    def _update(self, step: int, trajectories: list[Trajectory]) -> dict[str, Any]:
+        cfg, t, preset = self.cfg, self.cfg.trainer, self.recipe.preset
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        st = step_tensors(trajectories, preset, pad, self.fade, t.turn_credit, t.turn_gamma)
+        tensors = st.tensors
+        rewards = tensors["rewards"].double()
+        out: dict[str, Any] = {
+            **diagnostics.gradient_masses(st.advantages, rewards, tensors["group_ids"]),
+            "adv/nonzero_fraction": float((st.advantages != 0).double().mean()),
+            "adv/abs_mean": float(st.advantages.abs().mean()),
+        }
+        if preset.scheme == "fade":
+            out.update(diagnostics.fade_stats(self.fade))
+        recompute = t.epochs > 1 or t.minibatches > 1
+        stats = None
+        if needs_stats(preset, t.epochs, t.minibatches):
+            batch = {k: tensors[k] for k in ("input_ids", "attention_mask", "loss_mask")}
+            stats = self.worker.compute_stats(batch, with_reference=preset.loss.kl_coef != 0)
+            gap = _gap(stats["logprobs"], tensors["old_logprobs"], tensors["loss_mask"])
+            out.update(gap)
+            inputs = FilterInputs(
+                tensors["loss_mask"], st.token_advantages.float(), stats["logprobs"], stats["entropy"],
+                stats["collision"], tensors["group_ids"],
+            )  # fmt: skip
+            out.update(diagnostics.taxonomy_fractions(inputs))
+            out.update(diagnostics.covariance_percentiles(inputs))
+        old = stats["logprobs"] if recompute and stats is not None else tensors["old_logprobs"]
+        head_before = self._head_weight() if t.log_rank1 else None
+        sums: dict[str, float] = {}
+        optim: dict[str, float] = {}
+        masked = []
+        groups = int(torch.unique(tensors["group_ids"]).numel())
+        minibatches = math.gcd(groups, t.minibatches)
+        if minibatches != t.minibatches:
+            out["update/minibatches"] = float(minibatches)
+        for epoch in range(t.epochs):
+            gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "minibatches", step, epoch))
+            for index, rows in enumerate(split_minibatches(tensors["group_ids"], minibatches, gen)):
+                batch, filtered = policy_minibatch(st, rows, preset, old, stats)
+                if filtered is not None:
+                    masked.append(filtered.dropped_fraction)
+                fb = self.worker.forward_backward(batch)
+                if epoch == 0 and index == 0 and stats is None:
+                    out["logprob_gap/mean"] = fb.get("gap_sum", 0.0) / max(fb.get("tokens", 0.0), 1.0)
+                    out["logprob_gap/max"] = fb.get("gap_max", 0.0)
+                merge_metrics(sums, fb)
+                result = self.worker.optim_step()
+                self._check_finite(step, epoch, index, fb, result)
+                merge_metrics(optim, {k: v for k, v in result.items() if k != "optim/lr"})
+                optim["optim/lr"] = result["optim/lr"]
+        finalized = finalize_metrics(sums)
+        finalized.pop("logprob_gap/mean", None)
+        finalized.pop("logprob_gap/max", None)
+        out.update(finalized)
+        out["entropy/mean"] = finalized.get("entropy/trained_tokens", 0.0)
+        optimizer_steps = t.epochs * minibatches
+        out["optim/grad_norm"] = optim.get("optim/grad_norm", 0.0) / optimizer_steps
+        out["optim/lr"] = optim.get("optim/lr", 0.0)
+        out["optim/skipped_steps"] = optim.get("optim/skipped", 0.0)
+        if masked:
+            out["filters/masked_fraction"] = sum(masked) / len(masked)
+            if any((s if isinstance(s, str) else s.get("name")) in ("stapo", "s2t") for s in preset.filters):
+                out["stapo/masked_fraction"] = out["filters/masked_fraction"]
+        if head_before is not None:
+            out["head/rank1_fraction"] = diagnostics.rank1_fraction(head_before, self._head_weight())
+        return out
+
+    def _head_weight(self) -> torch.Tensor:
+        from trainers.model_setup import decoder_and_head
+
+        return decoder_and_head(self.model)[1].weight.detach().clone()
+
+    def _check_finite(
+        self, step: int, epoch: int, index: int, fb: dict[str, float], result: dict[str, float]
+    ) -> None:
+        if not result["optim/skipped"]:
+            self.state.nonfinite_streak = 0
+            return
+        self.state.nonfinite_streak += 1
+        where = f"step {step}, epoch {epoch}, minibatch {index}"
+        if fb.get("nonfinite_first_min") is not None:
+            where += f", micro-batch {int(fb['nonfinite_first_min'])}"
+        self.display.note(f"[red]non-finite loss or gradient[/] at {where}: optimizer step skipped")
+        limit = self.cfg.trainer.max_nonfinite_steps
+        if self.state.nonfinite_streak >= limit:
+            raise TrainingStopped(
+                f"{self.state.nonfinite_streak} consecutive optimizer steps had a NaN/inf loss or gradient "
+                f"(last at {where}); stopping. Checkpoints already written are untouched"
+                + (f" (latest: {self.checkpoint})" if self.checkpoint else "")
+                + ". Lower trainer.learning_rate, check the rewards, or raise trainer.max_nonfinite_steps."
+            )
+
+
+def _gap(trainer_logp: torch.Tensor, sampler_logp: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    """Sampler-vs-trainer log-prob gap over agent tokens (mean and max |Δ|)."""
+    m = mask.bool()
+    diff = (trainer_logp[m].double() - sampler_logp[m].double()).abs()
+    diff = diff[torch.isfinite(diff)]
+    if diff.numel() == 0:
+        return {"logprob_gap/mean": 0.0, "logprob_gap/max": 0.0}
+    return {"logprob_gap/mean": float(diff.mean()), "logprob_gap/max": float(diff.max())}
+
+
+def train(
+    cfg: ExperimentConfig,
+    source: str = "<config>",
+    resume: str | None = None,
+    force: bool = False,
+    display: TrainDisplay | None = None,
+    stop_after: int | None = None,
+    sft_only: bool = False,
+) -> TrainResult:
+    """Run (or resume) training for `cfg`; see `Trainer`."""
+    return Trainer(cfg, source, resume, force, display, stop_after, sft_only).run()
+

@@ -1,0 +1,190 @@
+"""From an experiment config to the exact recipe a run trains with, checked before any model loads.
+
+`resolve_recipe(cfg)` applies the `algorithm` section to its preset (scheme, filters, loss fields, T_max) and
+picks the learning rate, gradient clip and dynamic sampling. `check_config(cfg, source)` raises a
+`ConfigError` naming the key, the config file and the closest valid value for every mistake it can find
+without loading a model: unknown presets, schemes, filters, env ids, bundled models and index directories;
+batch sizes that do not split into minibatches; a micro-batch budget an episode cannot fit; greedy sampling.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agentrl.config import ConfigError
+from agentrl.registry import closest
+from trainers.losses import LossConfig
+from trainers.presets import Preset
+
+PER_SEQUENCE_RATIOS = ("sequence",)
+
+
+@dataclass
+class Recipe:
+    """What the trainer runs with.
+
+    preset: the preset with the config's changes applied and `loss.max_length` = T_max.
+    learning_rate, max_grad_norm, dynamic_sampling: resolved from the trainer section or the preset.
+    """
+
+    preset: Preset
+    learning_rate: float
+    max_grad_norm: float
+    dynamic_sampling: bool
+
+    @property
+    def loss(self) -> LossConfig:
+        return self.preset.loss
+
+
+def response_budget(cfg: Any) -> int:
+    """T_max: `algorithm.max_response_length`, else the most agent tokens an episode can hold."""
+    if cfg.algorithm.max_response_length is not None:
+        return int(cfg.algorithm.max_response_length)
+    return min(cfg.env.max_turns * cfg.rollout.max_new_tokens, cfg.rollout.max_total_tokens)
+
+
+def resolve_recipe(cfg: Any, source: str = "<config>") -> Recipe:
+    from trainers.presets import get_preset
+
+    section = cfg.algorithm
+    try:
+        preset = get_preset(section.preset)
+    except KeyError as exc:
+        raise ConfigError(f"{source}: algorithm.preset: {exc.args[0]}") from None
+    data = preset.to_dict()
+    if section.scheme:
+        data["scheme"], data["scheme_params"] = section.scheme, {}
+    data["scheme_params"] = {**data["scheme_params"], **section.scheme_params}
+    if section.filters is not None:
+        data["filters"] = list(section.filters)
+    data["loss"] = {**data["loss"], **section.loss}
+    try:
+        resolved = Preset.from_dict(data, source=source, prefix="algorithm")
+    except ConfigError:
+        raise
+    except ValueError as exc:
+        raise ConfigError(f"{source}: algorithm.loss: {exc}") from None
+    if resolved.loss.max_length is None:
+        resolved.loss.max_length = response_budget(cfg)
+    lora = cfg.finetune.mode == "lora"
+    lr = cfg.trainer.learning_rate
+    if lr is None:
+        lr = resolved.lora_learning_rate if lora else resolved.learning_rate
+    clip = cfg.trainer.max_grad_norm if cfg.trainer.max_grad_norm is not None else resolved.max_grad_norm
+    dynamic = cfg.trainer.dynamic_sampling
+    return Recipe(resolved, float(lr), float(clip), resolved.dynamic_sampling if dynamic is None else dynamic)
+
+
+def _unknown(source: str, key: str, value: str, valid: list[str]) -> ConfigError:
+    hint = closest(value, valid)
+    suggestion = f"; did you mean {hint!r}?" if hint else ""
+    listing = ", ".join(sorted(valid))
+    return ConfigError(f"{source}: {key}: unknown value {value!r}{suggestion} Valid: {listing}")
+
+
+def check_config(cfg: Any, source: str = "<config>", training: bool = True) -> Recipe:
+    """Every check that needs no model; returns the resolved recipe."""
+    from trainers.advantages import SCHEMES, scheme_params
+    from trainers.filters import FILTERS
+
+    recipe = resolve_recipe(cfg, source)
+    preset = recipe.preset
+    if preset.scheme not in SCHEMES:
+        raise _unknown(source, "algorithm.scheme", preset.scheme, SCHEMES.names())
+    valid_params = scheme_params(preset.scheme)
+    for name in preset.scheme_params:
+        if name not in valid_params and name not in ("state", "entropy", "lengths"):
+            raise _unknown(source, f"algorithm.scheme_params.{name}", name, valid_params or ["(none)"])
+    for spec in preset.filters:
+        name = spec if isinstance(spec, str) else spec.get("name", "")
+        if name not in FILTERS:
+            raise _unknown(source, "algorithm.filters", str(name), FILTERS.names())
+    _check_env(cfg, source)
+    _check_model(cfg, source)
+    _check_retriever(cfg, source)
+    if training:
+        _check_batches(cfg, recipe, source)
+    return recipe
+
+
+def _check_env(cfg: Any, source: str) -> None:
+    import gymnasium
+
+    env_id = cfg.env.id
+    if env_id.startswith("agentrl/"):
+        import environments  # noqa: F401
+    if ":" in env_id:
+        return
+    if env_id not in gymnasium.registry:
+        raise _unknown(source, "env.id", env_id, [k for k in gymnasium.registry if k.startswith("agentrl/")])
+
+
+def _check_model(cfg: Any, source: str) -> None:
+    from agentrl.models import BUNDLED_MODELS, BUNDLED_PREFIX
+
+    name = cfg.model.name
+    if name.startswith(BUNDLED_PREFIX):
+        bundled = name[len(BUNDLED_PREFIX) :]
+        choices = [n for n, e in BUNDLED_MODELS.items() if e.kind == "causal_lm"]
+        if bundled not in choices:
+            raise _unknown(source, "model.name", name, [BUNDLED_PREFIX + c for c in choices])
+        return
+    if name.startswith((".", "/", "~")) and not Path(name).expanduser().exists():
+        raise ConfigError(f"{source}: model.name: directory {name!r} does not exist")
+
+
+def _check_retriever(cfg: Any, source: str) -> None:
+    section = cfg.retriever
+    if section.kind in ("dense", "bm25", "hybrid") and section.index_dir:
+        meta = Path(section.index_dir).expanduser() / "meta.json"
+        if not meta.is_file():
+            raise ConfigError(
+                f"{source}: retriever.index_dir: {section.index_dir!r} is not an agentrl index (no "
+                "meta.json); build one with `agentrl index build`"
+            )
+    if section.kind == "http" and not section.url:
+        raise ConfigError(f"{source}: retriever.url is required with retriever.kind=http")
+
+
+def _check_batches(cfg: Any, recipe: Recipe, source: str) -> None:
+    t, r = cfg.trainer, cfg.rollout
+    if t.steps < 1 or t.batch_size < 1 or t.epochs < 1 or r.group_size < 1:
+        raise ConfigError(
+            f"{source}: trainer.steps, trainer.batch_size, trainer.epochs and rollout.group_size must be >= 1"
+        )
+    if t.batch_size % t.minibatches:
+        episodes = t.batch_size * r.group_size
+        raise ConfigError(
+            f"{source}: trainer.batch_size x rollout.group_size = {t.batch_size} x {r.group_size} = "
+            f"{episodes} episodes ({t.batch_size} groups) cannot be split into "
+            f"trainer.minibatches={t.minibatches} minibatches of whole groups; make batch_size divisible by "
+            "minibatches"
+        )
+    if t.micro_batch_tokens < r.max_total_tokens:
+        raise ConfigError(
+            f"{source}: trainer.micro_batch_tokens={t.micro_batch_tokens} cannot hold one episode of "
+            f"rollout.max_total_tokens={r.max_total_tokens} tokens; raise micro_batch_tokens to at least "
+            f"{r.max_total_tokens}"
+        )
+    if r.temperature <= 0:
+        raise ConfigError(
+            f"{source}: rollout.temperature={r.temperature}: greedy episodes carry no sampled log-probs, so "
+            "RL has no behaviour policy to correct against; sample with temperature > 0 (top_p = 1 is "
+            "recommended)"
+        )
+    if cfg.trainer.turn_credit == "per_turn" and recipe.loss.ratio in PER_SEQUENCE_RATIOS:
+        raise ConfigError(
+            f"{source}: trainer.turn_credit=per_turn gives per-token advantages, but preset "
+            f"{recipe.preset.name!r} uses a sequence ratio that needs one advantage per episode"
+        )
+    if cfg.sft.enabled and cfg.sft.source == "trajectories" and not cfg.sft.path:
+        raise ConfigError(f"{source}: sft.source=trajectories needs sft.path (a trajectories JSONL file)")
+    for reason in t.exclude_finish_reasons:
+        if reason not in FINISH_REASONS:
+            raise _unknown(source, "trainer.exclude_finish_reasons", reason, list(FINISH_REASONS))
+
+
+FINISH_REASONS = ("answer", "max_turns", "max_tokens", "length", "eos", "error")

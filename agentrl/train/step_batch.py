@@ -1,0 +1,139 @@
+"""From a step's trajectories to the worker's `PolicyBatch`es: advantages, multi-turn credit, padded tensors,
+token filters and the step-global loss denominators of each minibatch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from agentrl.advantage_report import scheme_advantages
+from agentrl.rollout.collate import collate
+from agentrl.types import Trajectory
+from trainers.batching import PolicyBatch
+from trainers.credit import per_turn_advantages, turn_token_advantages
+from trainers.filters import FilterInputs, FilterResult, apply_filters
+from trainers.losses import LossNormalizer
+from trainers.presets import Preset
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class StepTensors:
+    """A step's episodes as tensors.
+
+    tensors: `agentrl.rollout.collate.collate` output ([N, L] ids, masks, sampler log-probs, turn ids, ...).
+    advantages: [N] float64 per-episode advantages of the scheme.
+    token_advantages: [N] (broadcast credit: one value per episode) or [N, L] (per-turn credit).
+    """
+
+    tensors: dict[str, Any]
+    advantages: Tensor
+    token_advantages: Tensor
+
+    @property
+    def size(self) -> int:
+        return int(self.advantages.shape[0])
+
+
+def per_turn_token_advantages(
+    trajectories: list[Trajectory], tensors: dict[str, Any], gamma: float
+) -> Tensor:
+    """[N, L] group-normalised discounted return-to-go of each agent token's turn (the env's step rewards are
+    the per-turn rewards; the last one holds the episode reward)."""
+    turns = max((len(t.turn_rewards) for t in trajectories), default=0)
+    rewards = torch.zeros(len(trajectories), max(turns, 1), dtype=torch.float64)
+    mask = torch.zeros_like(rewards, dtype=torch.bool)
+    for i, t in enumerate(trajectories):
+        rewards[i, : len(t.turn_rewards)] = torch.tensor(t.turn_rewards, dtype=torch.float64)
+        mask[i, : len(t.turn_rewards)] = True
+    final = torch.zeros(len(trajectories), dtype=torch.float64)
+    per_turn = per_turn_advantages(rewards, mask, final, tensors["group_ids"], gamma=gamma)
+    return turn_token_advantages(per_turn, tensors["turn_ids"], tensors["loss_mask"])
+
+
+def step_tensors(
+    trajectories: list[Trajectory],
+    preset: Preset,
+    pad_token_id: int,
+    fade_state: Any = None,
+    turn_credit: str = "broadcast",
+    gamma: float = 1.0,
+) -> StepTensors:
+    """Advantages (advancing `fade_state` for FADE) and padded tensors of the step's episodes."""
+    advantages = scheme_advantages(trajectories, preset.scheme, preset.scheme_params, fade_state=fade_state)
+    tensors = collate(trajectories, pad_token_id=pad_token_id)
+    if turn_credit == "per_turn":
+        token_adv = per_turn_token_advantages(trajectories, tensors, gamma)
+    else:
+        token_adv = advantages
+    return StepTensors(tensors, advantages, token_adv)
+
+
+def needs_stats(preset: Preset, epochs: int, minibatches: int) -> bool:
+    """Whether a no-grad pass over the batch must run before the update: to recompute old log-probs (more
+    than one optimizer step per batch), for token filters, or for reference log-probs (KL penalty)."""
+    return epochs > 1 or minibatches > 1 or bool(preset.filters) or preset.loss.kl_coef != 0
+
+
+def policy_minibatch(
+    step: StepTensors,
+    rows: list[int],
+    preset: Preset,
+    old_logprobs: Tensor,
+    stats: dict[str, Tensor] | None,
+) -> tuple[PolicyBatch, FilterResult | None]:
+    """The `PolicyBatch` of minibatch `rows`: filters applied with the pass's statistics, denominators built
+    over the whole minibatch."""
+    index = torch.tensor(rows, dtype=torch.long)
+    t = step.tensors
+    mask = t["loss_mask"].index_select(0, index)
+    group_ids = t["group_ids"].index_select(0, index)
+    adv = step.token_advantages.index_select(0, index).float()
+    filtered: FilterResult | None = None
+    keep, weights = mask, None
+    if preset.filters:
+        if stats is None:
+            raise ValueError("token filters need the statistics pass")
+        inputs = FilterInputs(
+            mask, adv, stats["logprobs"][index], stats["entropy"][index], stats["collision"][index], group_ids
+        )
+        filtered = apply_filters(inputs, preset.filters, renormalize=preset.renormalize)
+        keep = filtered.keep.float()
+        if not torch.all(filtered.weights[filtered.keep] == 1):
+            weights = filtered.weights.float()
+    count_mask = filtered.count_mask if filtered is not None else mask
+    loss = preset.loss
+    normalizer = LossNormalizer.build(
+        loss.aggregation, count_mask, group_ids, max_length=loss.max_length, advantages=adv,
+        active_groups_only=loss.active_groups_only,
+    )  # fmt: skip
+    ref = None
+    if stats is not None and "ref_logprobs" in stats:
+        ref = stats["ref_logprobs"].index_select(0, index)
+    batch = PolicyBatch(
+        input_ids=t["input_ids"].index_select(0, index),
+        attention_mask=t["attention_mask"].index_select(0, index),
+        loss_mask=keep,
+        old_logprobs=old_logprobs.index_select(0, index),
+        advantages=adv,
+        group_ids=group_ids,
+        normalizer=normalizer,
+        token_weights=weights,
+        ref_logprobs=ref,
+    )
+    return batch, filtered
+
+
+def sft_batch(trajectories: list[Trajectory], pad_token_id: int) -> PolicyBatch:
+    """A `PolicyBatch` of kind `sft`: negative log-likelihood of the agent tokens, averaged over them."""
+    t = collate(trajectories, pad_token_id=pad_token_id)
+    n = len(trajectories)
+    normalizer = LossNormalizer.build("token_mean", t["loss_mask"])
+    return PolicyBatch(
+        input_ids=t["input_ids"], attention_mask=t["attention_mask"], loss_mask=t["loss_mask"],
+        old_logprobs=torch.zeros_like(t["loss_mask"]), advantages=torch.zeros(n), group_ids=t["group_ids"],
+        normalizer=normalizer, kind="sft",
+    )  # fmt: skip

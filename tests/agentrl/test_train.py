@@ -1,0 +1,278 @@
+"""`agentrl train` end to end on a tiny random model: exact resume, checkpoints, signals, faults, bad
+configs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from agentrl.cli.main import app
+from agentrl.config import ConfigError, load_config
+from agentrl.experiment import ExperimentConfig
+from agentrl.metrics import read_metrics
+from agentrl.train import loop
+from agentrl.train.display import TrainDisplay
+from agentrl.train.loop import TrainingStopped, train
+from agentrl.train.run_state import read_state
+from tests.agentrl.conftest import make_tiny_model
+from tests.agentrl.train_env import ENV_ID
+from trainers.checkpoint import COMPLETE, LATEST, latest_checkpoint
+
+VOLATILE = ("time", "perf/")
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tokenizer, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("tiny-llama")
+    make_tiny_model(tokenizer).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def config(model: Path, out: Path, *extra: str) -> ExperimentConfig:
+    return load_config(
+        ExperimentConfig,
+        None,
+        [
+            f"model.name={model}", "model.device=cpu", "threads=1", f"env.id={ENV_ID}", "env.max_turns=1",
+            "data.dataset=env", "data.num_tasks=8", "rollout.group_size=3", "rollout.max_new_tokens=6",
+            "rollout.max_total_tokens=48", "trainer.batch_size=2", "trainer.steps=4",
+            "trainer.micro_batch_tokens=96", "trainer.learning_rate=0.05", "eval.enabled=false",
+            "sft.enabled=false", f"output.dir={out}", "output.plots=false", *extra,
+        ],
+    )  # fmt: skip
+
+
+def quiet() -> TrainDisplay:
+    return TrainDisplay(live=False)
+
+
+def stable(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if not k.startswith(VOLATILE)} for r in rows]
+
+
+def final_params(checkpoint: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(next((checkpoint / "model").glob("*.safetensors")))
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        # 4 tasks, 2 per step: the resume at step 2 falls exactly on an epoch boundary.
+        ("data.num_tasks=4", "algorithm.preset=grpo"),
+        # FADE state and a non-empty dynamic-sampling buffer cross the checkpoint.
+        ("algorithm.preset=fade", "trainer.dynamic_sampling=true", "trainer.oversample=2.0",
+         "trainer.learning_rate=0.5", "trainer.epochs=2", "trainer.minibatches=2"),
+    ],
+    ids=["epoch-boundary", "fade-dynamic-sampling"],
+)  # fmt: skip
+def test_resume_is_exact(tiny_dir: Path, tmp_path: Path, extra: tuple[str, ...]) -> None:
+    whole = train(config(tiny_dir, tmp_path / "a", *extra), display=quiet())
+    cfg = config(tiny_dir, tmp_path / "b", "trainer.save_every=2", *extra)
+    first = train(cfg, display=quiet(), stop_after=2)
+    assert first.interrupted and latest_checkpoint(first.run_dir / "checkpoints").name == "step-000002"
+    state, _, _ = read_state(first.run_dir / "checkpoints" / "step-000002")
+    assert state.step == 2 and state.policy_version >= 1
+    if "trainer.dynamic_sampling=true" in extra:
+        assert state.fade is not None and state.fade["step"] == 2
+    resumed = train(cfg, resume="auto", display=quiet())
+    assert resumed.run_dir == first.run_dir and resumed.state.step == 4
+    a = stable(read_metrics(whole.run_dir / "metrics.jsonl"))
+    b = stable(read_metrics(resumed.run_dir / "metrics.jsonl"))
+    assert [r["step"] for r in b] == [1, 2, 3, 4]
+    assert a == b
+    pa, pb = final_params(whole.checkpoint), final_params(resumed.checkpoint)
+    assert pa.keys() == pb.keys()
+    for name in pa:
+        torch.testing.assert_close(pa[name], pb[name], atol=1e-6, rtol=0)
+    assert any(not torch.equal(pa[k], v) for k, v in make_tiny_state(tiny_dir).items() if k in pa)
+
+
+def make_tiny_state(model_dir: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(next(model_dir.glob("*.safetensors")))
+
+
+def test_each_step_draws_fresh_tokens_and_trajectories_record_version_and_sampling(
+    tiny_dir: Path, tmp_path: Path
+) -> None:
+    result = train(config(tiny_dir, tmp_path, "trainer.steps=2", "data.num_tasks=2"), display=quiet())
+    steps = [
+        [json.loads(line) for line in (result.run_dir / "trajectories" / f"step-00000{i}.jsonl").open()]
+        for i in (1, 2)
+    ]
+    assert {t["task_id"] for t in steps[0]} == {t["task_id"] for t in steps[1]}
+    tokens = [[t["token_ids"][t["prompt_length"] :] for t in step] for step in steps]
+    assert tokens[0] != tokens[1]
+    assert [t["policy_version"] for t in steps[0]] == [0] * 6
+    assert {t["policy_version"] for t in steps[1]} == {1}
+    assert steps[0][0]["sampling"] == {"temperature": 1.0, "top_p": 1.0, "top_k": 0}
+
+
+def test_error_episodes_never_train_and_are_counted(tiny_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    from tests.agentrl import train_env
+
+    calls = {"n": 0}
+
+    def crash_every_other(self, action: str):
+        calls["n"] += 1
+        if calls["n"] % 2:
+            raise RuntimeError("boom")
+        return original(self, action)
+
+    original = train_env.VowelEnv.turn
+    monkeypatch.setattr(train_env.VowelEnv, "turn", crash_every_other)
+    seen: list[list[int]] = []
+    real = loop.step_tensors
+
+    def spy(trajectories, *args, **kwargs):
+        seen.append([t.finish_reason for t in trajectories])
+        return real(trajectories, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "step_tensors", spy)
+    result = train(config(tiny_dir, tmp_path, "trainer.steps=1"), display=quiet())
+    rows = read_metrics(result.run_dir / "metrics.jsonl")
+    assert rows[0]["excluded/error"] > 0
+    assert rows[0]["finish/error"] > 0
+    assert seen and all("error" not in reasons for reasons in seen)
+
+
+def test_greedy_and_bad_batches_are_refused_before_loading(tmp_path: Path) -> None:
+    base = ["model.name=./no/such/model"]
+    with pytest.raises(ConfigError, match=r"model.name: directory './no/such/model' does not exist"):
+        train(config(tmp_path, tmp_path, *base), display=quiet())
+    with pytest.raises(ConfigError, match=r"algorithm.preset: unknown preset 'grpoo'. Did you mean 'grpo'"):
+        train(config(tmp_path, tmp_path, "algorithm.preset=grpoo"), display=quiet())
+    with pytest.raises(ConfigError, match=r"unknown key 'algorithm.loss.kl_coeff'; did you mean"):
+        train(config(tmp_path, tmp_path, "algorithm.loss.kl_coeff=0.1"), display=quiet())
+    with pytest.raises(ConfigError, match=r"env.id: unknown value 'agentrl/SearchQ-v0'; did you mean"):
+        train(config(tmp_path, tmp_path, "env.id=agentrl/SearchQ-v0"), display=quiet())
+    with pytest.raises(ConfigError, match=r"2 x 3 = 6 episodes \(2 groups\) cannot be split into"):
+        train(config(tmp_path, tmp_path, "trainer.minibatches=4"), display=quiet())
+    with pytest.raises(ConfigError, match=r"micro_batch_tokens=32 cannot hold one episode of"):
+        train(config(tmp_path, tmp_path, "trainer.micro_batch_tokens=32"), display=quiet())
+    with pytest.raises(ConfigError, match=r"rollout.temperature=0.0: greedy episodes carry no sampled"):
+        train(config(tmp_path, tmp_path, "rollout.temperature=0"), display=quiet())
+    with pytest.raises(ConfigError, match=r"retriever.index_dir: '/nope' is not an agentrl index"):
+        cfg = config(tmp_path, tmp_path, "retriever.kind=dense", "retriever.index_dir=/nope")
+        train(cfg, display=quiet())
+    assert not any(tmp_path.iterdir())
+
+
+def test_resume_refuses_a_changed_recipe_unless_forced(tiny_dir: Path, tmp_path: Path) -> None:
+    first = train(config(tiny_dir, tmp_path, "trainer.steps=1"), display=quiet())
+    changed = config(tiny_dir, tmp_path, "trainer.steps=2", "rollout.group_size=2", "seed=3")
+    with pytest.raises(ConfigError, match=r"rollout.group_size: 3 -> 2") as info:
+        train(changed, resume=str(first.run_dir), display=quiet())
+    assert "seed: 0 -> 3" in str(info.value) and "--force" in str(info.value)
+    forced = train(changed, resume=str(first.run_dir), force=True, display=quiet())
+    assert forced.state.step == 2
+    longer_cfg = config(tiny_dir, tmp_path, "trainer.steps=3", "rollout.group_size=2", "seed=3")
+    longer = train(longer_cfg, resume="auto", display=quiet())
+    assert longer.state.step == 3
+
+
+def test_nonfinite_steps_are_skipped_then_stop_the_run(tiny_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    extra = ("trainer.steps=6", "trainer.save_every=1", "trainer.max_nonfinite_steps=2")
+    cfg = config(tiny_dir, tmp_path, *extra)
+    real = loop.LocalPolicyWorker.forward_backward
+    calls = {"n": 0}
+
+    def poisoned(self, batch):
+        calls["n"] += 1
+        if calls["n"] >= 3:
+            batch.advantages = batch.advantages * float("nan")
+        return real(self, batch)
+
+    monkeypatch.setattr(loop.LocalPolicyWorker, "forward_backward", poisoned)
+    with pytest.raises(TrainingStopped, match=r"2 consecutive optimizer steps had a NaN/inf .* step 4"):
+        train(cfg, display=quiet())
+    run = next(tmp_path.iterdir())
+    kept = latest_checkpoint(run / "checkpoints")
+    assert kept is not None and kept.name == "step-000003"
+    rows = read_metrics(run / "metrics.jsonl")
+    assert [r["optim/skipped_steps"] for r in rows] == [0.0, 0.0, 1.0]
+    assert rows[2]["perf/policy_version"] == rows[1]["perf/policy_version"]
+    before = final_params(run / "checkpoints" / "step-000002")
+    assert all(torch.equal(before[k], v) for k, v in final_params(kept).items())
+
+
+def test_checkpoint_failure_keeps_the_previous_checkpoint(tiny_dir: Path, tmp_path: Path, monkeypatch):
+    cfg = config(tiny_dir, tmp_path, "trainer.steps=2", "trainer.save_every=1")
+    real = loop.LocalPolicyWorker.save
+    calls = {"n": 0}
+
+    def failing(self, directory):
+        calls["n"] += 1
+        real(self, directory)
+        if calls["n"] == 2:
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(loop.LocalPolicyWorker, "save", failing)
+    with pytest.raises(OSError, match="No space left"):
+        train(cfg, display=quiet())
+    checkpoints = next(tmp_path.iterdir()) / "checkpoints"
+    assert (checkpoints / LATEST).read_text().strip() == "step-000001"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["latest", "step-000001"]
+    assert (checkpoints / "step-000001" / COMPLETE).is_file()
+
+
+def test_sigint_finishes_the_step_and_saves(tiny_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    real = TrainDisplay.end_step
+
+    def interrupt(self, step, total, metrics, prefix="step"):
+        real(self, step, total, metrics, prefix)
+        if step == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(TrainDisplay, "end_step", interrupt)
+    result = train(config(tiny_dir, tmp_path), display=quiet())
+    assert result.interrupted and result.state.step == 1
+    assert result.checkpoint is not None and result.checkpoint.name == "step-000001"
+    resumed = train(config(tiny_dir, tmp_path), resume="auto", display=quiet())
+    assert resumed.state.step == 4 and not resumed.interrupted
+
+
+def test_lora_run_checkpoints_an_adapter_peft_loads(tiny_dir: Path, tmp_path: Path) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    cfg = config(tiny_dir, tmp_path, "trainer.steps=1", "finetune.mode=lora", "finetune.lora_r=4")
+    result = train(cfg, display=quiet())
+    model_dir = result.checkpoint / "model"
+    assert (model_dir / "adapter_model.safetensors").is_file()
+    assert not list(model_dir.glob("model*.safetensors"))
+    base = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    adapted = PeftModel.from_pretrained(base, model_dir)
+    assert any("lora_A" in n for n, _ in adapted.named_parameters())
+
+
+def test_full_checkpoint_loads_with_from_pretrained(tiny_dir: Path, tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    result = train(config(tiny_dir, tmp_path, "trainer.steps=1"), display=quiet())
+    model = AutoModelForCausalLM.from_pretrained(result.checkpoint / "model")
+    AutoTokenizer.from_pretrained(result.checkpoint / "model")
+    saved = final_params(result.checkpoint)
+    for name, value in model.state_dict().items():
+        if name in saved:
+            assert torch.equal(value, saved[name])
+
+
+def test_train_cli_help_and_errors() -> None:
+    runner = CliRunner()
+    for command in ("train", "sft", "quickstart"):
+        out = runner.invoke(app, [command, "--help"])
+        assert out.exit_code == 0, out.output
+    quickstart = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
+    out = runner.invoke(app, ["train", str(quickstart), "algorithm.preset=grpoo"])
+    assert out.exit_code == 2 and "Did you mean 'grpo'" in out.output.replace("\n", "")

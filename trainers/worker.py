@@ -1,0 +1,334 @@
+"""The policy worker: the one interface the training loop drives, and its in-process implementation.
+
+    stats = worker.compute_stats(batch)            # no grad: log π, entropy, C(p) (+ reference log-probs)
+    metrics = worker.forward_backward(minibatch)   # accumulate gradients over micro-batches
+    metrics |= worker.optim_step()                 # clip, skip on NaN/inf, step AdamW and the schedule
+    worker.sync_weights(generator)                 # the sampler sees the new weights
+    worker.save(dir); worker.load(dir)             # weights or adapter, optimizer and schedule
+
+Batches are plain tensors (`trainers.batching.PolicyBatch`) and every denominator arrives with the batch
+(`LossNormalizer`), so the same calls work for a group of workers that each hold a shard of the minibatch.
+`LocalPolicyWorker` runs in the caller's process; the HF generator shares its module, so syncing only drops
+the generator's key/value cache.
+
+Metrics come back as sums (`*_sum`, `tokens`), maxima (`*_max`) and minima (`*_min`) so shards and
+micro-batches merge with `merge_metrics` before `finalize_metrics` turns them into means.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from trainers.batching import PolicyBatch, pack_micro_batches
+from trainers.filters import FilterInputs, taxonomy_masks
+from trainers.logprobs import Processing, token_stats
+from trainers.losses import LossConfig, policy_loss
+from trainers.model_setup import decoder_and_head, trainable_parameters
+from trainers.optim import OptimConfig, build_optimizer, clip_and_check
+
+Tensor = torch.Tensor
+OPTIMIZER_FILE = "optimizer.pt"
+TAXONOMY_CELLS = ("pos_peak", "pos_valley", "neg_peak", "neg_valley")
+WEIGHTS_DIR = "model"
+
+
+class PolicyWorker(Protocol):
+    def compute_stats(self, batch: dict[str, Tensor], with_reference: bool = False) -> dict[str, Tensor]: ...
+
+    def forward_backward(self, batch: PolicyBatch) -> dict[str, float]: ...
+
+    def optim_step(self) -> dict[str, float]: ...
+
+    def sync_weights(self, generator: Any) -> None: ...
+
+    def save(self, directory: str | Path) -> None: ...
+
+    def load(self, directory: str | Path) -> None: ...
+
+
+@dataclass
+class WorkerConfig:
+    """What a worker needs besides the model.
+
+    optim: optimizer and schedule of this training phase.
+    loss: the policy loss (`PolicyBatch.kind == "policy"`).
+    processing: the sampler's temperature / top-k / top-p, applied when recomputing log-probs.
+    micro_batch_tokens: padded tokens per forward/backward.
+    chunk_size: positions per chunk of the output-head statistics.
+    """
+
+    optim: OptimConfig
+    loss: LossConfig = field(default_factory=LossConfig)
+    processing: Processing = field(default_factory=Processing)
+    micro_batch_tokens: int = 8192
+    chunk_size: int = 1024
+
+
+def merge_metrics(into: dict[str, float], other: dict[str, float]) -> dict[str, float]:
+    """Combine metric dicts of shards or micro-batches: `_max` keys by max, `_min` by min, others summed."""
+    for key, value in other.items():
+        if key not in into:
+            into[key] = value
+        elif key.endswith("_max"):
+            into[key] = max(into[key], value)
+        elif key.endswith("_min"):
+            into[key] = min(into[key], value)
+        else:
+            into[key] += value
+    return into
+
+
+def finalize_metrics(sums: dict[str, float]) -> dict[str, float]:
+    """Means over loss tokens under grouped names (`loss/...`, `ratio/...`, `kl/...`, `logprob_gap/...`)."""
+    n = max(sums.get("tokens", 0.0), 1.0)
+    out = {"loss/total": sums.get("loss", 0.0), "loss/tokens": sums.get("tokens", 0.0)}
+    names = {
+        "clip_low_sum": "loss/clip_frac_low",
+        "clip_high_sum": "loss/clip_frac_high",
+        "dual_sum": "loss/dual_clip_frac",
+        "ratio_sum": "ratio/mean",
+        "approx_kl_sum": "kl/old_new_k3",
+        "ref_kl_sum": "kl/reference",
+        "entropy_sum": "entropy/trained_tokens",
+        "gap_sum": "logprob_gap/mean",
+        "nll_sum": "sft/nll",
+    }
+    for key, name in names.items():
+        if key in sums:
+            out[name] = sums[key] / n
+    for cell in TAXONOMY_CELLS:
+        if f"taxonomy_{cell}_sum" in sums:
+            out[f"taxonomy/{cell}"] = sums[f"taxonomy_{cell}_sum"] / n
+    if "clip_low_sum" in sums:
+        out["loss/clip_frac"] = (sums["clip_low_sum"] + sums["clip_high_sum"]) / n
+    for key, name in (("ratio_max", "ratio/max"), ("ratio_min", "ratio/min"), ("gap_max", "logprob_gap/max")):
+        if key in sums:
+            out[name] = sums[key]
+    out["loss/nonfinite_micro_batches"] = sums.get("nonfinite", 0.0)
+    return out
+
+
+def aligned(values: Tensor) -> Tensor:
+    """[B, L-1] per-prediction values -> [B, L] token-aligned (position 0, the first prompt token, gets 0)."""
+    return torch.cat([values.new_zeros(values.shape[0], 1), values], dim=1)
+
+
+class LocalPolicyWorker:
+    """A policy worker in the calling process.
+
+    Args:
+        model: the module to train, already prepared (`trainers.model_setup.prepare_for_training`).
+        config: optimizer, loss, sampling processing and batching.
+        reference: a frozen reference model for the KL penalty (full fine-tuning); with LoRA the base model
+            with adapters disabled serves as the reference, so None is fine there.
+    """
+
+    def __init__(self, model: Any, config: WorkerConfig, reference: Any = None) -> None:
+        self.model = model
+        self.config = config
+        self.reference = reference
+        self.params = [p for _, p in trainable_parameters(model)]
+        self.optimizer, self.scheduler = build_optimizer(self.params, config.optim)
+        self.steps = 0
+        self._nonfinite = False
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def _stats(self, model: Any, input_ids: Tensor, attention_mask: Tensor, mask: Tensor) -> Any:
+        """Token stats [B, L-1] predicting tokens 1..L-1 where `mask[:, 1:]` (other positions 0)."""
+        body, head = decoder_and_head(model)
+        hidden = body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        p = self.config.processing
+        return token_stats(
+            hidden[:, :-1], head.weight, input_ids[:, 1:], bias=head.bias, temperature=p.temperature,
+            top_k=p.top_k, top_p=p.top_p, chunk_size=self.config.chunk_size, mask=mask[:, 1:].bool(),
+        )  # fmt: skip
+
+    def _reference_context(self) -> Any:
+        disable = getattr(self.model, "disable_adapter", None)
+        if self.reference is None and callable(disable):
+            return self.model, disable()
+        if self.reference is None:
+            raise ValueError("a KL penalty needs a reference model (pass reference= for full fine-tuning)")
+        return self.reference, contextlib.nullcontext()
+
+    @torch.no_grad()
+    def compute_stats(self, batch: dict[str, Tensor], with_reference: bool = False) -> dict[str, Tensor]:
+        """Token-aligned [B, L] log π, entropy and C(p) of `batch["loss_mask"]` tokens under the current
+        weights (and `ref_logprobs` under the reference policy), micro-batched, without gradient."""
+        was_training = self.model.training
+        self.model.eval()
+        ids, attn, mask = batch["input_ids"], batch["attention_mask"], batch["loss_mask"]
+        out = {k: torch.zeros(ids.shape, dtype=torch.float32) for k in ("logprobs", "entropy", "collision")}
+        if with_reference:
+            out["ref_logprobs"] = torch.zeros(ids.shape, dtype=torch.float32)
+        for rows in pack_micro_batches(attn.sum(-1), self.config.micro_batch_tokens):
+            index = torch.tensor(rows)
+            width = int(attn[index].sum(-1).max())
+            args = [t[index, :width].to(self.device) for t in (ids, attn, mask)]
+            stats = self._stats(self.model, *args)
+            for key, value in (("logprobs", stats.logprobs), ("entropy", stats.entropy),
+                               ("collision", stats.collision)):  # fmt: skip
+                out[key][index, :width] = aligned(value.float()).cpu()
+            if with_reference:
+                ref_model, context = self._reference_context()
+                with context:
+                    ref = self._stats(ref_model, *args)
+                out["ref_logprobs"][index, :width] = aligned(ref.logprobs.float()).cpu()
+        self.model.train(was_training)
+        return out
+
+    def forward_backward(self, batch: PolicyBatch) -> dict[str, float]:
+        """Accumulate the gradient of the minibatch loss (micro-batched). A micro-batch whose loss is not
+        finite is not back-propagated and marks the step to be skipped by `optim_step`."""
+        self.model.train()
+        sums: dict[str, float] = {}
+        for index, rows in enumerate(pack_micro_batches(batch.lengths, self.config.micro_batch_tokens)):
+            micro = batch.select(rows)
+            metrics = self._micro_step(micro)
+            if metrics.get("nonfinite"):
+                metrics["nonfinite_first_min"] = float(index)
+                self._nonfinite = True
+            merge_metrics(sums, metrics)
+        return sums
+
+    def _micro_step(self, micro: PolicyBatch) -> dict[str, float]:
+        dev = self.device
+        ids, attn = micro.input_ids.to(dev), micro.attention_mask.to(dev)
+        mask = micro.loss_mask.to(dev)
+        stats = self._stats(self.model, ids, attn, mask)
+        logp, m = stats.logprobs, mask[:, 1:]
+        old = micro.old_logprobs.to(dev)[:, 1:]
+        if micro.kind == "sft":
+            weights = micro.normalizer.token_weights(m, micro.group_ids).to(logp.dtype)
+            loss = -(weights * logp * m).sum()
+            info: dict[str, Tensor] = {}
+        else:
+            adv = micro.advantages.to(dev)
+            adv = adv[:, 1:] if adv.dim() == 2 else adv
+            tw = None if micro.token_weights is None else micro.token_weights.to(dev)[:, 1:]
+            ref = None if micro.ref_logprobs is None else micro.ref_logprobs.to(dev)[:, 1:]
+            loss, info = policy_loss(
+                self.config.loss, micro.normalizer, logp, old, adv, m, group_ids=micro.group_ids.to(dev),
+                token_weights=tw, ref_logp=ref, entropy=stats.entropy,
+            )  # fmt: skip
+        metrics = _micro_metrics(logp.detach(), old, m, stats.entropy.detach(), info)
+        if micro.kind == "sft":
+            metrics["nll_sum"] = float(-(logp.detach()[m.bool()].double()).sum())
+        else:
+            inputs = FilterInputs(m, adv, logp.detach(), stats.entropy.detach(), stats.collision.detach())
+            for name, cell in taxonomy_masks(inputs).items():
+                if name in TAXONOMY_CELLS:
+                    metrics[f"taxonomy_{name}_sum"] = float(cell.sum())
+        if not torch.isfinite(loss):
+            metrics["nonfinite"] = 1.0
+            return metrics
+        loss.backward()
+        metrics["loss"] = float(loss.detach())
+        return metrics
+
+    def optim_step(self) -> dict[str, float]:
+        """Clip and apply the accumulated gradient; a NaN/inf loss or gradient skips the update instead."""
+        norm, finite = clip_and_check(self.params, self.config.optim.max_grad_norm)
+        lr = self.scheduler.get_last_lr()[0]
+        skipped = self._nonfinite or not finite
+        if not skipped:
+            self.optimizer.step()
+            self.scheduler.step()
+            self.steps += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        self._nonfinite = False
+        return {"optim/grad_norm": norm, "optim/lr": lr, "optim/skipped": float(skipped)}
+
+    def sync_weights(self, generator: Any) -> None:
+        """The in-process generator shares this module: only its reusable key/value cache goes stale."""
+        self.model.eval()
+        clear = getattr(generator, "clear_cache", None)
+        if callable(clear):
+            clear()
+
+    def save(self, directory: str | Path) -> None:
+        """Weights (full model or LoRA adapter, as safetensors loadable by transformers / peft) under
+        `model/`, optimizer and schedule state in `optimizer.pt`."""
+        target = Path(directory)
+        target.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(target / WEIGHTS_DIR, safe_serialization=True)
+        state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                 "steps": self.steps}  # fmt: skip
+        torch.save(state, target / OPTIMIZER_FILE)
+
+    def load(self, directory: str | Path) -> None:
+        """Restore what `save` wrote into this worker's model and optimizer."""
+        source = Path(directory)
+        load_weights(self.model, source / WEIGHTS_DIR)
+        state = torch.load(source / OPTIMIZER_FILE, map_location="cpu", weights_only=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.steps = int(state["steps"])
+
+
+def load_weights(model: Any, directory: Path) -> None:
+    """Load `save_pretrained` output (a full model or a peft adapter) into `model` in place."""
+    from safetensors.torch import load_file
+
+    adapter = directory / "adapter_model.safetensors"
+    if adapter.exists():
+        from peft import set_peft_model_state_dict
+
+        result = set_peft_model_state_dict(model, load_file(adapter))
+        unexpected = getattr(result, "unexpected_keys", [])
+        if unexpected:
+            raise ValueError(f"{adapter}: unexpected adapter keys {unexpected[:5]}")
+        return
+    files = sorted(directory.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{directory}: no safetensors weights")
+    state: dict[str, Tensor] = {}
+    for f in files:
+        state.update(load_file(f))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = set(getattr(model, "_tied_weights_keys", None) or [])
+    really_missing = [k for k in missing if k not in tied and not k.endswith("lm_head.weight")]
+    if really_missing or unexpected:
+        raise ValueError(f"{directory}: missing {really_missing[:5]}, unexpected {unexpected[:5]}")
+
+
+def _micro_metrics(
+    logp: Tensor, old: Tensor, mask: Tensor, entropy: Tensor, info: dict[str, Tensor]
+) -> dict[str, float]:
+    m = mask.bool()
+    n = int(m.sum())
+    lp, ol = logp[m].double(), old[m].double()
+    gap = (lp - ol).abs()
+    finite_gap = gap[torch.isfinite(gap)]
+    out = {
+        "tokens": float(n),
+        "entropy_sum": float(entropy[m].double().sum()),
+        "gap_sum": float(finite_gap.sum()),
+        "gap_max": float(finite_gap.max()) if finite_gap.numel() else 0.0,
+        "outside_truncation": float((~torch.isfinite(lp)).sum()),
+    }
+    log_ratio = (lp - ol).clamp(-20, 20)
+    out["approx_kl_sum"] = float((log_ratio.exp() - 1 - log_ratio).sum())
+    if "ratio" in info:
+        ratio = info["ratio"][m].double()
+        out["ratio_sum"] = float(ratio.sum())
+        out["ratio_max"] = float(ratio.max()) if n else 1.0
+        out["ratio_min"] = float(ratio.min()) if n else 1.0
+        out["clip_low_sum"] = float(info["clipped_low"][m].double().sum())
+        out["clip_high_sum"] = float(info["clipped_high"][m].double().sum())
+        if "dual_clipped" in info:
+            out["dual_sum"] = float(info["dual_clipped"][m].double().sum())
+    if "kl" in info:
+        out["ref_kl_sum"] = float(info["kl"][m].double().sum())
+    if not math.isfinite(out["entropy_sum"]):
+        out["entropy_sum"] = 0.0
+    return out
