@@ -1,65 +1,68 @@
-"""Sandboxed Python tool environment: the agent runs short programs to compute answers.
+"""Python tool environment: the agent runs short programs in a sandbox to compute answers.
 
-Each call runs `python -I -c code` in a fresh subprocess with a wall-clock timeout, CPU-time and address-space
-limits (`resource.setrlimit`, POSIX only), an empty environment and a temporary working directory; stdout and
-stderr come back cut to a budget. This isolates crashes and runaway loops, not a determined attacker: run
-untrusted code in a container as well.
+Programs run through `environments.sandbox.Sandbox`: a fresh subprocess with resource limits, a clean
+environment, a temporary working directory, capped output and, where the machine allows, namespace and
+Landlock isolation (see that module and docs/environments.md for what is and is not isolated). The limits
+come from the environment's constructor only: a call whose arguments name anything besides `code` (say
+`timeout` or `memory_bytes`) is rejected with an error result.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import tempfile
+from typing import Any
 
 import numpy as np
 
 from agentrl.types import Task
-from environments.tools import Tool, ToolEnv
+from environments.sandbox import Sandbox, SandboxLimits
+from environments.tools import Tool, ToolArgumentError, ToolEnv
 
-DEFAULT_TIMEOUT = 5.0
-DEFAULT_MEMORY_BYTES = 512 * 1024 * 1024
+DEFAULT_TIMEOUT = SandboxLimits.timeout
+DEFAULT_MEMORY_BYTES = SandboxLimits.memory_bytes
+TOOL_TIMEOUT_MARGIN = 5.0
 
 
 def run_python(code: str, timeout: float = DEFAULT_TIMEOUT, memory_bytes: int = DEFAULT_MEMORY_BYTES) -> str:
-    """Run `code` in a limited subprocess and return its output (stdout, plus stderr when it failed).
+    """Run `code` in the sandbox with the caller's limits; return stdout (plus stderr when it failed).
 
-    Raises TimeoutError when the program overruns `timeout`; the environment reports that to the agent.
+    For trusted callers: the tool environment never passes the agent's arguments here. Raises TimeoutError
+    when the program overruns `timeout`.
     """
+    result = Sandbox(SandboxLimits(timeout=timeout, memory_bytes=memory_bytes)).run(code)
+    if result.timed_out:
+        raise TimeoutError(f"the program ran longer than {timeout:g} s")
+    return result.text
 
-    def limit() -> None:
-        import resource
 
-        cpu = max(1, int(timeout) + 1)
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
-        resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
+def python_tool(sandbox: Sandbox) -> Tool:
+    """The `python` tool bound to `sandbox`: its only argument is `code`; limits are the sandbox's."""
 
-    with tempfile.TemporaryDirectory(prefix="agentrl-py-") as workdir:
-        try:
-            proc = subprocess.run(
-                [sys.executable, "-I", "-c", code],
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-                cwd=workdir,
-                env={"PATH": os.environ.get("PATH", "")},
-                preexec_fn=limit if os.name == "posix" else None,
-                check=False,
+    def python(code: str, **overrides: Any) -> str:
+        if overrides:
+            names = ", ".join(repr(name) for name in sorted(overrides))
+            raise ToolArgumentError(
+                f"the python tool takes only 'code'; {names} cannot be set by a call "
+                "(time, memory and output limits come from the environment's configuration)"
             )
-        except subprocess.TimeoutExpired:
-            raise TimeoutError(f"the program ran longer than {timeout:g} s") from None
-    output = proc.stdout + (proc.stderr if proc.returncode else "")
-    return output.strip() or f"(no output, exit code {proc.returncode})"
+        if not isinstance(code, str):
+            raise ToolArgumentError(f"'code' must be a string, got {type(code).__name__}")
+        result = sandbox.run(code)
+        if result.timed_out:
+            raise TimeoutError(f"the program ran longer than {sandbox.limits.timeout:g} s")
+        return result.text
+
+    return Tool(
+        name="python",
+        fn=python,
+        description=(
+            "runs a short Python program and returns what it prints, e.g. python: print(sum(range(10)))"
+        ),
+        parse=lambda raw: {"code": raw},
+        timeout=sandbox.limits.timeout + TOOL_TIMEOUT_MARGIN,
+    )
 
 
-PYTHON_TOOL = Tool(
-    name="python",
-    fn=run_python,
-    description="runs a short Python program and returns what it prints, e.g. python: print(sum(range(10)))",
-    parse=lambda raw: {"code": raw},
-    timeout=DEFAULT_TIMEOUT + 5.0,
-)
+PYTHON_TOOL = python_tool(Sandbox())
 
 
 def python_task(rng: np.random.Generator) -> Task:
@@ -76,9 +79,45 @@ def python_task(rng: np.random.Generator) -> Task:
 
 
 class PythonToolEnv(ToolEnv):
-    """Programming-friendly arithmetic problems with a sandboxed Python tool."""
+    """Programming-friendly arithmetic problems with a sandboxed Python tool.
 
-    tools: tuple[Tool, ...] = (PYTHON_TOOL,)
+    Args:
+        timeout, memory_bytes, max_output_bytes, max_file_bytes, max_processes: the sandbox's limits (see
+            `environments.sandbox.SandboxLimits`); the agent cannot change them.
+        isolation: `"auto"` (every isolation layer this machine supports), `"none"`, or a list of layers
+            that must be available (see `environments.sandbox.Sandbox`).
+        **kwargs: the `ToolEnv` options (max_turns, format_weight, max_obs_chars, ...).
+
+    Every step that calls the tool records the isolation in force in `info["sandbox"]`, e.g.
+    `"rlimits+namespaces+landlock"`.
+    """
+
+    def __init__(
+        self,
+        timeout: float = DEFAULT_TIMEOUT,
+        memory_bytes: int = DEFAULT_MEMORY_BYTES,
+        max_output_bytes: int = SandboxLimits.max_output_bytes,
+        max_file_bytes: int = SandboxLimits.max_file_bytes,
+        max_processes: int = SandboxLimits.max_processes,
+        isolation: str | list[str] = "auto",
+        **kwargs: Any,
+    ) -> None:
+        limits = SandboxLimits(
+            timeout=timeout,
+            memory_bytes=memory_bytes,
+            max_output_bytes=max_output_bytes,
+            max_file_bytes=max_file_bytes,
+            max_processes=max_processes,
+        )
+        self.sandbox = Sandbox(limits, isolation=isolation)
+        self.tools = (python_tool(self.sandbox),)
+        super().__init__(**kwargs)
 
     def default_task(self, rng: np.random.Generator) -> Task:
         return python_task(rng)
+
+    def _call(self, body: str, info: dict[str, Any]) -> str:
+        observation = super()._call(body, info)
+        if info.get("tool") == "python":
+            info["sandbox"] = "+".join(self.sandbox.isolation)
+        return observation
