@@ -16,6 +16,7 @@ each run for metrics): `step_timeouts`, env calls (reset or step) that overran `
 from __future__ import annotations
 
 import contextlib
+import queue
 import threading
 import time
 import traceback
@@ -105,9 +106,9 @@ def _error_reply(exc: BaseException) -> Reply:
     return reply
 
 
-def _timeout_reply(call: str, seconds: float) -> Reply:
+def _timeout_reply(message: str) -> Reply:
     reply = _reply("", 0.0, False, False, {})
-    reply["error"] = f"TimeoutError: env {call} did not return within {seconds:g} s"
+    reply["error"] = f"TimeoutError: {message}"
     reply["timed_out"] = True
     return reply
 
@@ -116,28 +117,40 @@ class _Overran(Exception):
     """The call was still running when its time was up (its thread is abandoned)."""
 
 
-def _run_with_deadline(fn: Callable[[], Any], timeout: float) -> Any:
-    """`fn()` on a daemon thread; raises `_Overran` if it has not returned within `timeout` seconds.
+_Request = tuple[Callable[[], Any], dict[str, Any], threading.Event]
 
-    Python cannot stop a thread, so an overrunning call keeps running in the background; its result is
-    dropped. Exceptions from `fn` propagate unchanged.
+
+class _CallThread:
+    """A daemon thread that runs calls one at a time, each waited for at most `timeout` seconds.
+
+    Python cannot stop a thread, so a call that overruns keeps running in the background: the caller gets
+    `_Overran` and should start a new `_CallThread`; the abandoned one exits once its call returns.
     """
-    outcome: dict[str, Any] = {}
 
-    def run() -> None:
-        try:
-            outcome["value"] = fn()
-        except BaseException as exc:
-            outcome["error"] = exc
+    def __init__(self) -> None:
+        self._requests: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
+        threading.Thread(target=self._serve, daemon=True, name="agentrl-env-calls").start()
 
-    thread = threading.Thread(target=run, daemon=True, name="agentrl-env-call")
-    thread.start()
-    thread.join(timeout)
-    if thread.is_alive():
-        raise _Overran
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]
+    def _serve(self) -> None:
+        while (request := self._requests.get()) is not None:
+            fn, outcome, done = request
+            try:
+                outcome["value"] = fn()
+            except BaseException as exc:
+                outcome["error"] = exc
+            done.set()
+
+    def call(self, fn: Callable[[], Any], timeout: float) -> Any:
+        """`fn()` on this thread; raises `_Overran` after `timeout` s. Exceptions from `fn` propagate."""
+        outcome: dict[str, Any] = {}
+        done = threading.Event()
+        self._requests.put((fn, outcome, done))
+        if not done.wait(timeout):
+            self._requests.put(None)  # ends the thread once the hung call returns, if ever
+            raise _Overran
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["value"]
 
 
 class EnvSlots:
@@ -162,6 +175,7 @@ class EnvSlots:
         self.registration = registration
         self.envs: dict[int, Any] = {}
         self.hung_calls = 0
+        self._thread: _CallThread | None = None
 
     def env(self, slot: int) -> Any:
         if slot not in self.envs:
@@ -174,11 +188,14 @@ class EnvSlots:
             env = self.env(slot)
             if self.step_timeout is None:
                 return fn(env)
-            return _run_with_deadline(lambda: fn(env), self.step_timeout)
+            if self._thread is None:
+                self._thread = _CallThread()
+            return self._thread.call(lambda: fn(env), self.step_timeout)
         except _Overran:
             self.envs.pop(slot, None)
+            self._thread = None
             self.hung_calls += 1
-            return _timeout_reply(call, self.step_timeout or 0.0)
+            return _timeout_reply(f"env {call} did not return within {self.step_timeout:g} s")
         except Exception as exc:
             return _error_reply(exc)
 
@@ -421,7 +438,8 @@ class RayExecutor:
             return [_error_reply(exc) for _ in range(n)]
         except GetTimeoutError:
             self._replace(w)
-            return [_timeout_reply("step", self.step_timeout or 0.0) for _ in range(n)]
+            message = f"env worker did not answer its {n} steps within step_timeout x {n} + grace; killed"
+            return [_timeout_reply(message) for _ in range(n)]
         except Exception as exc:
             return [_error_reply(exc) for _ in range(n)]
         if any(a["timed_out"] for a in answers):

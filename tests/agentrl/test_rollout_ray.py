@@ -144,6 +144,7 @@ def test_an_actor_stuck_holding_the_gil_is_killed(tokenizer, monkeypatch) -> Non
     try:
         first = probe_run(tokenizer, executor, {"t1": "<spin/>"})
         assert [t.finish_reason for t in first] == ["answer", "error", "answer", "error"]
+        assert "within step_timeout x 2 + grace; killed" in first[1].info["error"]
         assert executor.counters == {"actor_restarts": 1, "step_timeouts": 2}
         assert [t.finish_reason for t in probe_run(tokenizer, executor, {})] == ["answer"] * 4
     finally:
