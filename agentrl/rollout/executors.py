@@ -33,6 +33,8 @@ RAY_CALL_GRACE = 30.0  # seconds a Ray actor's batch of steps may take beyond st
 
 
 class Executor(Protocol):
+    """What the rollout engine steps environments through; `counters` holds fault totals for metrics."""
+
     counters: dict[str, int]
 
     def reset(self, slots: list[int], tasks: list[Task], seeds: list[int]) -> list[Reply]: ...
@@ -83,6 +85,7 @@ def registration_for(env_id: EnvSpec) -> Any:
 
 
 def check_step_timeout(step_timeout: float | None) -> float | None:
+    """`step_timeout` if it is None or a positive number of seconds; a ValueError naming it otherwise."""
     if step_timeout is not None and not step_timeout > 0:
         raise ValueError(f"step_timeout must be a positive number of seconds or None, got {step_timeout!r}")
     return step_timeout
