@@ -6,8 +6,8 @@ under `torch.no_grad()`), the per-trajectory advantages and the loss mask, and r
 * `keep` [B, T] bool: tokens still carrying loss (a subset of the loss mask);
 * `weights` [B, T] float: multiplicative per-token weights (1 where the filter does not reweight);
 * `renormalize`: whether the loss denominators should count only kept tokens. Pass `result.count_mask` to
-  `LossNormalizer.build` (it is `keep` when renormalizing, else the original loss mask) and `result.keep` as
-  the micro-batches' loss mask.
+  `LossNormalizer.build` and its rows to `policy_loss(count_mask=...)` (it is `keep` when renormalizing, else
+  the original loss mask), and `result.keep` as the micro-batches' loss mask.
 
 Scope: thresholds that depend on a distribution (STAPO's entropy quantile, the high-entropy top-ρ, the
 covariance statistics) are computed over the tokens passed in, so call the filters once per optimizer step on
@@ -144,15 +144,16 @@ def taxonomy_masks(inputs: FilterInputs) -> dict[str, Tensor]:
 
 
 def covariance_values(inputs: FilterInputs) -> Tensor:
-    """[B, T] c_t = (log π_t - mean log π)(A_i - mean A), means over the group's loss tokens (0 off-mask)."""
-    m = inputs.loss_mask.double()
-    lp = inputs.need("logprobs", "cov_gaussian").double() * m
-    adv = inputs.token_advantages() * m
-    groups = _row_groups(inputs)
-    count = groups.sum(m.sum(-1)).clamp_min(1)
-    mean_lp = groups.per_item(groups.sum(lp.sum(-1)) / count)[:, None]
-    mean_a = groups.per_item(groups.sum(adv.sum(-1)) / count)[:, None]
-    return (lp - mean_lp) * (adv - mean_a) * m
+    """[B, T] c_t = (log π_t - mean log π)(A_i - mean A), means over the group's loss tokens (0 off-mask).
+
+    A group whose log-probs (or advantages) are all equal gets c = 0 exactly, not float residue.
+    """
+    mask, groups = _loss_token_groups(inputs)
+    lp = inputs.need("logprobs", "cov_gaussian").double()[mask]
+    adv = inputs.token_advantages()[mask]
+    c = torch.zeros(mask.shape, dtype=torch.float64)
+    c[mask] = _centered(lp, groups) * _centered(adv, groups)
+    return c
 
 
 def _row_groups(inputs: FilterInputs) -> GroupIndex:
@@ -163,27 +164,47 @@ def _row_groups(inputs: FilterInputs) -> GroupIndex:
     return GroupIndex.from_ids(gid)
 
 
+def _loss_token_groups(inputs: FilterInputs) -> tuple[Tensor, GroupIndex]:
+    """The loss mask [B, T] bool and a group index over its tokens, in `x[mask]` order."""
+    mask = inputs.loss_mask.bool()
+    token_groups = _row_groups(inputs).inverse[:, None].expand(mask.shape)[mask]
+    return mask, GroupIndex.from_ids(token_groups)
+
+
+def _centered(x: Tensor, groups: GroupIndex) -> Tensor:
+    """[N] x minus its group mean, shifted by a member of the group first, so that a group of equal values
+    gives exactly 0 (a plain sum / count of equal values can miss the value by an ulp)."""
+    shifted = x - groups.per_item(groups.reduce(x, "amax"))
+    return shifted - groups.per_item(groups.mean(shifted))
+
+
+def gaussian_weights(c: Tensor, groups: GroupIndex) -> Tensor:
+    """[N] normalized weights w̃ of N covariance values c, one group index entry per value.
+
+    w = exp(-c²/(2σ_c²)), σ_c² the population variance of c within the group, then w̃ = w·n/Σw over the
+    group's n values. A group whose values are all equal (σ_c = 0) gets w̃ = 1 exactly. The exponent is taken
+    relative to the group's smallest c² (the constant factor cancels in w·n/Σw), so a tight group far from 0
+    never underflows to all zeros.
+    """
+    var = groups.per_item(groups.mean(_centered(c, groups) ** 2))
+    square = c * c
+    excess = square - groups.per_item(groups.reduce(square, "amin"))
+    exponent = torch.where(var > 0, excess / (2 * var.clamp_min(1e-300)), torch.zeros_like(c))
+    w = torch.exp(-exponent)
+    return w * groups.per_item(groups.size / groups.sum(w))
+
+
 def cov_gaussian_weights(inputs: FilterInputs) -> Tensor:
-    """[B, T] covariance-aware Gaussian reweighting (CW-GRPO, sec. 2.3).
+    """[B, T] covariance-aware Gaussian reweighting (CW-GRPO, sec. 2.3); 0 off the loss mask.
 
     w_t = exp(-c_t²/(2σ_c²)) with σ_c the standard deviation of c over the group's loss tokens, then
-    w̃_t = w_t·N/Σw over the group's N tokens, so each group keeps its total weight. σ_c = 0 gives w = 1.
+    w̃_t = w_t·N/Σw over the group's N tokens, so each group keeps its total weight. σ_c = 0 (all c_t of the
+    group equal, e.g. equal advantages) gives w = 1 exactly; see `gaussian_weights`.
     """
-    m = inputs.loss_mask.double()
-    c = covariance_values(inputs)
-    groups = _row_groups(inputs)
-
-    def group_sum(x: Tensor) -> Tensor:
-        return groups.sum(x.sum(-1))
-
-    count = group_sum(m)
-    mean_c = group_sum(c) / count.clamp_min(1)
-    var_c = group_sum(((c - groups.per_item(mean_c)[:, None]) ** 2) * m) / count.clamp_min(1)
-    var_tok = groups.per_item(var_c)[:, None].expand_as(c)
-    w = torch.where(var_tok > 0, torch.exp(-(c**2) / (2 * var_tok.clamp_min(1e-300))), torch.ones_like(c)) * m
-    total = group_sum(w)
-    scale = torch.where(total > 0, count / total.clamp_min(1e-300), torch.ones_like(total))
-    return w * groups.per_item(scale)[:, None]
+    mask, groups = _loss_token_groups(inputs)
+    weights = torch.zeros(mask.shape, dtype=torch.float64)
+    weights[mask] = gaussian_weights(covariance_values(inputs)[mask], groups)
+    return weights
 
 
 FilterFn = Callable[..., FilterResult]

@@ -244,7 +244,9 @@ class LossNormalizer:
             num_groups = float(active.sum())
         return cls(mode, num_tokens, num_sequences, num_groups, ids, sizes, active, max_length)
 
-    def token_weights(self, loss_mask: Tensor, group_ids: Tensor | None = None) -> Tensor:
+    def token_weights(
+        self, loss_mask: Tensor, group_ids: Tensor | None = None, count_mask: Tensor | None = None
+    ) -> Tensor:
         """[b, T] aggregation weights for a micro-batch (any subset of the minibatch's sequences).
 
         - token_mean / renormalized_kept: mask / (counted tokens of the step)            (DAPO, STAPO eq. 1)
@@ -252,12 +254,16 @@ class LossNormalizer:
         - seq_mean_token_sum: mask / (sequences of the step)
         - fixed_length: mask / (G_g · T_max · groups of the step)                         (Dr.GRPO, WAPO)
         - token_budget: mask / (T_max · sequences of the step), a constant token budget   (FADE App. 11.1)
+
+        `count_mask` [b, T] holds the tokens |y_i| counts (default: `loss_mask`). After token filters pass
+        their `count_mask`: the kept tokens when renormalizing, all the sequence's loss tokens otherwise.
         """
         m = loss_mask.to(torch.float64)
         if self.mode in ("token_mean", "renormalized_kept"):
             w = m / max(self.num_tokens, 1.0)
         elif self.mode == "seq_mean_token_mean":
-            w = m / m.sum(-1, keepdim=True).clamp_min(1) / max(self.num_sequences, 1.0)
+            counted = m if count_mask is None else count_mask.to(torch.float64)
+            w = m / counted.sum(-1, keepdim=True).clamp_min(1) / max(self.num_sequences, 1.0)
         elif self.mode == "seq_mean_token_sum":
             w = m / max(self.num_sequences, 1.0)
         elif self.mode == "token_budget":
@@ -344,6 +350,7 @@ def policy_loss(
     token_weights: Tensor | None = None,
     ref_logp: Tensor | None = None,
     entropy: Tensor | None = None,
+    count_mask: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Scalar loss of one micro-batch; summing it over the step's micro-batches gives the minibatch loss.
 
@@ -358,6 +365,9 @@ def policy_loss(
             token's whole loss term, which for positive weights equals scaling its advantage.
         ref_logp: [b, T] reference log-probs (needed when kl_coef != 0).
         entropy: [b, T] token entropy with gradient (needed when entropy_coef != 0).
+        count_mask: [b, T] tokens that each sequence's length |y_i| counts under `seq_mean_token_mean`
+            (default: `loss_mask`); pass the filters' `FilterResult.count_mask` rows, so that
+            `renormalize=False` keeps every original loss token in the denominator.
 
     Returns:
         (loss, info): info holds the per-token loss pieces (`policy`, `kl`, `ratio`, clip masks).
@@ -377,5 +387,5 @@ def policy_loss(
         if entropy is None:
             raise ValueError("entropy_coef != 0 needs the token entropy")
         total = total - config.entropy_coef * entropy
-    weights = normalizer.token_weights(loss_mask, group_ids).to(total.dtype)
+    weights = normalizer.token_weights(loss_mask, group_ids, count_mask).to(total.dtype)
     return (total * weights).sum(), info

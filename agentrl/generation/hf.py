@@ -83,7 +83,9 @@ class HFGenerator:
         tokenizer: its tokenizer (decodes tails for stop strings).
         max_batch_size: rows decoded together; further prompts wait and join as rows finish.
         prefix_cache_tokens: tokens of keys/values kept from finished sequences for reuse by later prompts
-            that extend them; default: as many as fit in 2 GiB; 0 disables the prefix cache.
+            that extend them; default: as many as fit in 2 GiB. 0 turns off every reuse of keys/values:
+            no prefix cache, no shared system-prompt prefill, and identical prompts are each prefilled in
+            full (a plain reference path).
         prefill_chunk: prompt columns per prefill forward (bounds attention memory).
         join_fraction: waiting prompts join once this fraction of the batch is free.
     """
@@ -115,6 +117,8 @@ class HFGenerator:
         if prefix_cache_tokens is None:
             token_bytes = 2 * self.num_layers * self.kv_heads * self.head_dim * self.dtype.itemsize
             prefix_cache_tokens = (2 << 30) // token_bytes
+        if prefix_cache_tokens < 0:
+            raise ValueError(f"prefix_cache_tokens must be >= 0 (0: no reuse), got {prefix_cache_tokens}")
         self.prefix_cache_tokens = prefix_cache_tokens
         self.eos_ids = _eos_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids)
@@ -264,8 +268,11 @@ class HFGenerator:
 
         Identical prompts (the G samples of a task) are computed once and copied; prompts found in the prefix
         cache only prefill their new tokens; the remaining prompts share the keys/values of their longest
-        common prefix (a system prompt), computed once.
+        common prefix (a system prompt), computed once. With `prefix_cache_tokens=0` none of this: every
+        prompt is prefilled in full.
         """
+        if self.prefix_cache_tokens == 0:
+            return self._prefill_rows(rows, [(0, None)] * len(rows))
         unique: dict[tuple[int, ...], int] = {}
         mapping = [unique.setdefault(tuple(r.prompt), len(unique)) for r in rows]
         if len(unique) < len(rows):

@@ -192,7 +192,7 @@ def test_duplicate_prompts_and_shared_prefixes_are_prefilled_once(tokenizer, tin
     system = tokenizer.encode("You are a careful assistant. " * 8, add_special_tokens=False)
     prompts = [system + tokenizer.encode(q, add_special_tokens=False) for q in ("one?", "two??", "three!")]
     prompts = [p for p in prompts for _ in range(3)]  # 3 samples per task
-    gen = HFGenerator(tiny_model, tokenizer, prefix_cache_tokens=0)
+    gen = HFGenerator(tiny_model, tokenizer)  # an empty prefix cache: no earlier turns to reuse
     sp = SamplingParams(temperature=1.0, top_p=0.9, max_new_tokens=8, seed=2)
     completions = gen.generate(prompts, sp)
     distinct = {tuple(p) for p in prompts}
@@ -200,3 +200,20 @@ def test_duplicate_prompts_and_shared_prefixes_are_prefilled_once(tokenizer, tin
     assert len({tuple(c.token_ids) for c in completions}) > 3  # samples of one prompt still differ
     for prompt, c in zip(prompts, completions, strict=True):
         assert torch.allclose(_recomputed(tiny_model, prompt, c, sp), torch.tensor(c.logprobs), atol=1e-4)
+
+
+def test_prefix_cache_tokens_zero_reuses_no_keys_or_values(tokenizer, tiny_model) -> None:
+    system = tokenizer.encode("You are a careful assistant. " * 8, add_special_tokens=False)
+    prompts = [system + tokenizer.encode(q, add_special_tokens=False) for q in ("one?", "two??")]
+    prompts = [p for p in prompts for _ in range(2)]  # a shared system prompt and duplicate prompts
+    gen = HFGenerator(tiny_model, tokenizer, prefix_cache_tokens=0)
+    sp = SamplingParams(temperature=1.0, max_new_tokens=6, seed=3)
+    first = gen.generate(prompts, sp)
+    follow = [p + c.token_ids + [tokenizer.eos_token_id] for p, c in zip(prompts, first, strict=True)]
+    second = gen.generate(follow, sp)  # next turns extend the first turns' sequences
+    assert gen.stats["reused_tokens"] == 0 and not gen._prefix
+    assert gen.stats["prefill_tokens"] == sum(len(p) for p in prompts + follow)
+    for prompt, c in zip(prompts + follow, first + second, strict=True):
+        assert torch.allclose(_recomputed(tiny_model, prompt, c, sp), torch.tensor(c.logprobs), atol=1e-4)
+    with pytest.raises(ValueError, match="prefix_cache_tokens"):
+        HFGenerator(tiny_model, tokenizer, prefix_cache_tokens=-1)

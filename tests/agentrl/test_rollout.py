@@ -3,6 +3,8 @@ sampling log-probs against a full forward pass, budgets, errors, collation and J
 
 from __future__ import annotations
 
+import time
+
 import gymnasium
 import pytest
 import torch
@@ -18,6 +20,8 @@ from agentrl.rollout import (
     write_trajectories,
 )
 from agentrl.rollout.tasks import env_default_tasks
+from agentrl.types import Task
+from tests.agentrl import fault_envs
 from tests.agentrl.conftest import ScriptedGenerator
 
 SEARCH = "agentrl/SearchQA-v0"
@@ -220,6 +224,53 @@ def test_a_crashing_env_step_fails_only_its_episodes(tokenizer) -> None:
             assert tokenizer.decode(t.token_ids).endswith("<|im_end|>\n")
         else:
             assert t.finish_reason in ("answer", "max_turns")
+
+
+def probe_tasks(n: int) -> list[Task]:
+    return [Task(id=f"t{i}", question=f"question {i}?") for i in range(n)]
+
+
+def probe_run(tokenizer, executor, actions: dict[str, str]) -> list:
+    """Four one-step episodes of the probe env (`tests.agentrl.fault_envs`); task id -> action (default: an
+    answer)."""
+
+    def script(prompt: str, turn: int) -> str:
+        chosen = [action for task, action in actions.items() if f"question {task[1:]}?" in prompt]
+        return chosen[0] if chosen else "<answer>1</answer>"
+
+    generator = ScriptedGenerator(tokenizer, script)
+    engine = RolloutEngine(generator, tokenizer, executor, EngineConfig(max_turns=2))
+    return engine.run(probe_tasks(4), group_size=1)
+
+
+@pytest.fixture
+def hang_release():
+    fault_envs.RELEASE.clear()
+    yield
+    fault_envs.RELEASE.set()  # lets the abandoned step threads finish
+
+
+def test_a_hung_step_ends_only_its_episode_and_the_slot_gets_a_fresh_env(tokenizer, hang_release) -> None:
+    executor = LocalExecutor(fault_envs.PROBE_ID, step_timeout=0.3)
+    started = time.monotonic()
+    first = probe_run(tokenizer, executor, {"t1": "<hang/>"})
+    assert time.monotonic() - started < 60  # the hung step blocks for 120 s
+    assert [t.finish_reason for t in first] == ["answer", "error", "answer", "answer"]
+    assert first[1].info["error"] == "TimeoutError: env step did not return within 0.3 s"
+    assert executor.counters == {"step_timeouts": 1, "actor_restarts": 0}
+    assert 1 not in executor.slots.envs and executor.slots.hung_calls == 1
+    kept = executor.slots.envs[0]
+    second = probe_run(tokenizer, executor, {})
+    assert [t.finish_reason for t in second] == ["answer"] * 4
+    assert executor.slots.envs[0] is kept and 1 in executor.slots.envs
+    assert executor.counters["step_timeouts"] == 1
+
+
+def test_step_timeout_must_be_positive() -> None:
+    for bad in (0, -1.0):
+        with pytest.raises(ValueError, match="step_timeout"):
+            LocalExecutor(fault_envs.PROBE_ID, step_timeout=bad)
+    assert LocalExecutor(fault_envs.PROBE_ID, step_timeout=None).slots.step_timeout is None
 
 
 def test_collate_pads_to_the_right(tokenizer) -> None:

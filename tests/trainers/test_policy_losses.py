@@ -109,6 +109,7 @@ def grads_of(
             token_weights=filt.weights[rows],
             ref_logp=batch.ref_logp[rows],
             entropy=stats.entropy,
+            count_mask=filt.count_mask[rows],
         )
         for acc, g in zip(total, torch.autograd.grad(loss, batch.params()), strict=True):
             acc += g
@@ -210,6 +211,32 @@ def test_normalizer_errors() -> None:
         LossNormalizer.build("mean", mask)
     with pytest.raises(ValueError, match="unknown ratio"):
         LossConfig(ratio="seq")
+
+
+def test_seq_mean_token_mean_without_renormalization_counts_all_original_tokens() -> None:
+    """Sequence 0 has 4 loss tokens and keeps 2, sequence 1 has 2 and keeps 1; ratio 1, so ℓ_t = -A_i.
+
+    renormalize=False: (1/2)·[(1/4)·2·(-1) + (1/2)·1·(+2)] = 0.25
+    renormalize=True:  (1/2)·[(1/2)·2·(-1) + (1/1)·1·(+2)] = 0.5
+    """
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]], dtype=torch.bool)
+    keep = torch.tensor([[1, 0, 1, 0], [1, 0, 0, 0]], dtype=torch.bool)
+    adv = torch.tensor([1.0, -2.0], dtype=torch.float64)
+    logp = torch.full((2, 4), -0.5, dtype=torch.float64)
+    config = LossConfig(aggregation="seq_mean_token_mean")
+    for renormalize, want in ((False, 0.25), (True, 0.5)):
+        filt = FilterResult(keep, keep.double(), renormalize=renormalize, original_mask=mask)
+        norm = LossNormalizer.build(config.aggregation, filt.count_mask)
+        loss, _ = policy_loss(config, norm, logp, logp, adv, filt.keep, count_mask=filt.count_mask)
+        assert float(loss) == pytest.approx(want, abs=1e-12)
+        split = 0.0
+        for r in ([0], [1]):  # one sequence per micro-batch
+            counted = filt.count_mask[r]
+            part, _ = policy_loss(config, norm, logp[r], logp[r], adv[r], keep[r], count_mask=counted)
+            split += float(part)
+        assert split == pytest.approx(want, abs=1e-12)
+    weights = LossNormalizer.build(config.aggregation, mask).token_weights(keep, count_mask=mask)
+    torch.testing.assert_close(weights, keep.double() / torch.tensor([[4.0 * 2], [2.0 * 2]]).double())
 
 
 def test_gspo_gradient_equals_analytic() -> None:

@@ -14,11 +14,13 @@ from trainers.filters import (
     apply_filters,
     cov_gaussian_weights,
     covariance_values,
+    gaussian_weights,
     high_entropy_mask,
     masked_quantile,
     stapo_mask,
     taxonomy_masks,
 )
+from trainers.groups import GroupIndex
 from trainers.logprobs import token_stats
 
 
@@ -129,6 +131,50 @@ def test_cov_gaussian_zero_spread_gives_unit_weights() -> None:
     mask = torch.ones(2, 3, dtype=torch.bool)
     inputs = FilterInputs(mask, torch.tensor([1.0, 1.0]), torch.zeros(2, 3), None, None, torch.tensor([0, 0]))
     assert torch.equal(cov_gaussian_weights(inputs), torch.ones(2, 3, dtype=torch.float64))
+
+
+def _degenerate_inputs(case: str) -> FilterInputs:
+    """Group 0 is degenerate in the way `case` names; group 1 is an ordinary group."""
+    gen = torch.Generator().manual_seed(3)
+    logp = -3 * torch.rand(5, 3, generator=gen, dtype=torch.float64)
+    adv = torch.tensor([0.1, 0.1, 0.1, 0.7, -1.3], dtype=torch.float64)  # 9 x 0.1 / 9 != 0.1 in floats
+    if case == "equal_logprobs":
+        logp[:3] = -0.1
+        adv[:3] = torch.tensor([0.7, -0.2, 1.1], dtype=torch.float64)
+    elif case == "zero_advantages":
+        adv[:3] = 0.0
+    elif case == "equal_logprobs_and_advantages":
+        logp[:3] = -0.1
+    mask = torch.ones(5, 3, dtype=torch.bool)
+    mask[4, 0] = False
+    return FilterInputs(mask, adv, logp, None, None, torch.tensor([0, 0, 0, 1, 1]))
+
+
+@pytest.mark.parametrize(
+    "case", ["equal_advantages", "equal_logprobs", "zero_advantages", "equal_logprobs_and_advantages"]
+)
+def test_cov_gaussian_degenerate_group_gets_exactly_unit_weights(case: str) -> None:
+    inputs = _degenerate_inputs(case)
+    c = covariance_values(inputs)
+    assert torch.equal(c[:3], torch.zeros(3, 3, dtype=torch.float64))
+    w = cov_gaussian_weights(inputs)
+    assert torch.equal(w[:3], inputs.loss_mask[:3].double())
+    torch.testing.assert_close(w[3:], reference_cov_weights(inputs)[3:])
+
+
+@pytest.mark.parametrize("value", [0.1, -1e-3, 1 / 3, 7.0])
+def test_gaussian_weights_of_equal_nonzero_values_are_exactly_one(value: float) -> None:
+    groups = GroupIndex.from_ids(torch.tensor([0, 0, 0, 1, 1, 1, 1, 2]))
+    c = torch.tensor([value] * 3 + [value, value + 1.0, value - 0.5, value] + [value], dtype=torch.float64)
+    w = gaussian_weights(c, groups)
+    assert torch.equal(w[:3], torch.ones(3, dtype=torch.float64)) and w[7] == 1.0
+    assert float(w[3:7].sum()) == pytest.approx(4.0) and bool((w[3:7] > 0).all())
+
+
+def test_gaussian_weights_of_a_tight_group_far_from_zero_do_not_vanish() -> None:
+    groups = GroupIndex.from_ids(torch.zeros(3, dtype=torch.long))
+    w = gaussian_weights(torch.tensor([1e3, 1e3 + 1e-9, 1e3 + 2e-9], dtype=torch.float64), groups)
+    assert float(w.sum()) == pytest.approx(3.0) and w[0] == w.max()
 
 
 def test_apply_filters_composes_and_reports_scope() -> None:
