@@ -90,7 +90,8 @@ class RolloutSection:
 
     `max_new_tokens` is per turn; `end_on_length` ends an episode whose turn hits it (otherwise the env
     answers the cut-off turn and the episode goes on); `inline_format` wraps observations in inline mode.
-    `batch_size` is how many episodes the generator decodes together.
+    `batch_size` is how many episodes the generator decodes together. `step_timeout` (seconds, None for no
+    limit) ends an episode whose env `reset` / `step` hangs, with finish reason `error`.
     """
 
     group_size: int = 4
@@ -109,6 +110,7 @@ class RolloutSection:
     ray_address: str | None = None
     batch_size: int = 32
     seed: int = 0
+    step_timeout: float | None = 300.0
 
 
 @dataclass

@@ -17,6 +17,7 @@ import torch
 from trainers.losses import LossNormalizer
 
 Tensor = torch.Tensor
+TOKEN_FIELDS = ("attention_mask", "loss_mask", "old_logprobs", "token_weights", "ref_logprobs", "count_mask")
 
 
 @dataclass
@@ -33,6 +34,8 @@ class PolicyBatch:
         normalizer: the step-global denominators, built on the whole minibatch (`LossNormalizer.build`).
         token_weights: optional [B, L] multiplicative weights (covariance reweighting).
         ref_logprobs: optional [B, L] reference-policy log-probs (KL penalty).
+        count_mask: optional [B, L] tokens each episode's length counts under `seq_mean_token_mean` after
+            token filters (`FilterResult.count_mask`; default: `loss_mask`).
         kind: `policy` (the configured RL loss) or `sft` (negative log-likelihood of the loss tokens).
     """
 
@@ -45,11 +48,12 @@ class PolicyBatch:
     normalizer: LossNormalizer
     token_weights: Tensor | None = None
     ref_logprobs: Tensor | None = None
+    count_mask: Tensor | None = None
     kind: str = "policy"
 
     def __post_init__(self) -> None:
         b, length = self.input_ids.shape
-        for name in ("attention_mask", "loss_mask", "old_logprobs", "token_weights", "ref_logprobs"):
+        for name in TOKEN_FIELDS:
             value = getattr(self, name)
             if value is not None and tuple(value.shape) != (b, length):
                 raise ValueError(f"PolicyBatch.{name} has shape {tuple(value.shape)}, expected {(b, length)}")

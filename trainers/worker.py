@@ -216,9 +216,10 @@ class LocalPolicyWorker:
             adv = adv[:, 1:] if adv.dim() == 2 else adv
             tw = None if micro.token_weights is None else micro.token_weights.to(dev)[:, 1:]
             ref = None if micro.ref_logprobs is None else micro.ref_logprobs.to(dev)[:, 1:]
+            counted = None if micro.count_mask is None else micro.count_mask.to(dev)[:, 1:]
             loss, info = policy_loss(
                 self.config.loss, micro.normalizer, logp, old, adv, m, group_ids=micro.group_ids.to(dev),
-                token_weights=tw, ref_logp=ref, entropy=stats.entropy,
+                token_weights=tw, ref_logp=ref, entropy=stats.entropy, count_mask=counted,
             )  # fmt: skip
         metrics = _micro_metrics(logp.detach(), old, m, stats.entropy.detach(), info)
         if micro.kind == "sft":

@@ -107,8 +107,9 @@ def build_generator_for(cfg: Any, model: Any = None, tokenizer: Any = None) -> A
 def build_executor_for(cfg: Any, env_kwargs: dict[str, Any]) -> Executor:
     r = cfg.rollout
     return build_executor(
-        r.executor, cfg.env.id, env_kwargs, num_workers=r.num_workers, address=r.ray_address
-    )
+        r.executor, cfg.env.id, env_kwargs, num_workers=r.num_workers, address=r.ray_address,
+        step_timeout=r.step_timeout,
+    )  # fmt: skip
 
 
 def build_engine(cfg: Any, generator: Any, tokenizer: Any) -> tuple[RolloutEngine, Executor]:

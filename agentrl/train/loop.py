@@ -406,6 +406,8 @@ class Trainer:
         out["dynamic/buffered_groups"] = float(len(self.sampler.buffer))
         out["dynamic/train_groups"] = float(len(sampled.groups))
         out["perf/sampled_tokens"] = float(sampled.stats.sampled_tokens)
+        for name, total in getattr(self.executor, "counters", {}).items():
+            out[f"rollout/{name}"] = float(total)
         return out
 
     def _update(self, step: int, trajectories: list[Trajectory]) -> dict[str, Any]:

@@ -123,6 +123,7 @@ def policy_minibatch(
         normalizer=normalizer,
         token_weights=weights,
         ref_logprobs=ref,
+        count_mask=None if filtered is None else count_mask.float(),
     )
     return batch, filtered
 

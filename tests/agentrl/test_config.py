@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from agentrl.experiment import ExperimentConfig
 
 REPO = Path(__file__).resolve().parents[2]
 QUICKSTART = REPO / "configs" / "quickstart.yaml"
+EXPERIMENT_CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -27,12 +29,28 @@ def test_quickstart_loads_and_round_trips(tmp_path: Path) -> None:
 
 
 def test_every_yaml_key_is_a_field() -> None:
-    raw = read_yaml(QUICKSTART)
-    cfg = load_config(ExperimentConfig, QUICKSTART)
-    for section, values in raw.items():
-        if isinstance(values, dict):
-            for key, value in values.items():
-                assert getattr(getattr(cfg, section), key) == value
+    def check(node: object, values: dict) -> None:
+        for key, value in values.items():
+            got = getattr(node, key)
+            if dataclasses.is_dataclass(got):
+                check(got, value)
+            else:
+                assert got == value, key
+
+    check(load_config(ExperimentConfig, QUICKSTART), read_yaml(QUICKSTART))
+
+
+@pytest.mark.parametrize("path", EXPERIMENT_CONFIGS, ids=lambda p: p.name)
+def test_every_config_resolves_and_passes_the_pre_flight_checks(path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from agentrl.cli.main import app
+    from agentrl.train.recipe import check_config
+
+    result = CliRunner().invoke(app, ["config", "show", str(path)])
+    assert result.exit_code == 0, result.output
+    recipe = check_config(load_config(ExperimentConfig, path), str(path))
+    assert recipe.learning_rate > 0 and recipe.loss.max_length
 
 
 def test_misspelt_key_in_yaml_names_key_file_and_closest(tmp_path: Path) -> None:

@@ -210,7 +210,7 @@ def test_recomputed_logprobs_follow_the_sampling_distribution(top_k: int, top_p:
     targets = reference.argmax(-1)
     stats = token_stats(hidden, weight, targets, temperature=0.7, top_k=top_k, top_p=top_p, chunk_size=5)
     expected = reference.gather(-1, targets[..., None]).squeeze(-1)
-    torch.testing.assert_close(stats.logprobs.detach(), expected, rtol=1e-5, atol=1e-6)  # reference is float32
+    torch.testing.assert_close(stats.logprobs.detach(), expected, rtol=1e-5, atol=1e-6)  # float32 reference
     (stats.logprobs.sum() + stats.entropy.sum()).backward()
     assert torch.isfinite(hidden.grad).all() and torch.isfinite(weight.grad).all()
     if top_k == 0 and top_p == 1.0:
