@@ -131,7 +131,8 @@ def load_gguf(gguf: Path, dtype: Any = None) -> tuple[Any, Any]:
 
 
 def resolve_model_path(spec: str) -> str:
-    """A spec as `from_pretrained` takes it: a local directory or a hub id (bundled GGUFs are converted)."""
+    """A spec as `from_pretrained` takes it: a local directory or a hub id (bundled GGUFs are converted; an
+    `agentrl train` run or checkpoint directory resolves to its newest checkpoint's `model/`)."""
     if spec.startswith(BUNDLED_PREFIX):
         name = spec[len(BUNDLED_PREFIX) :]
         entry = BUNDLED_MODELS.get(name)
@@ -139,7 +140,32 @@ def resolve_model_path(spec: str) -> str:
             choices = [BUNDLED_PREFIX + n for n, e in BUNDLED_MODELS.items() if e.kind == "causal_lm"]
             raise ModelNotFoundError(f"{spec!r} is not a bundled causal LM; choose one of {choices}")
         return str(convert_bundled_gguf(name))
-    return _local_or_hub(spec)
+    path = _local_or_hub(spec)
+    checkpoint = checkpoint_model_dir(Path(path)) if Path(path).is_dir() else None
+    return str(checkpoint) if checkpoint is not None else path
+
+
+def checkpoint_model_dir(path: Path) -> Path | None:
+    """`model/` of a checkpoint directory, or of the newest checkpoint of a run directory; None otherwise."""
+    pointer = path / "checkpoints" / "latest"
+    if pointer.is_file():
+        path = path / "checkpoints" / pointer.read_text(encoding="utf-8").strip()
+    if (path / "COMPLETE").is_file() and (path / "model").is_dir():
+        return path / "model"
+    return None
+
+
+def adapter_base(path: str) -> str | None:
+    """The base model a LoRA adapter directory names (`adapter_config.json`), or None for a full model."""
+    config = Path(path) / "adapter_config.json"
+    if not config.is_file():
+        return None
+    import json
+
+    base = json.loads(config.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    if not base:
+        raise ModelNotFoundError(f"{config} names no base_model_name_or_path")
+    return str(base)
 
 
 def load_model(
@@ -148,7 +174,8 @@ def load_model(
     """Resolve `spec` to `(model, tokenizer)`; the model is in eval mode on `device`.
 
     Args:
-        spec: `bundled:NAME`, a local directory or a hub id.
+        spec: `bundled:NAME`, a local directory, a hub id, an `agentrl train` run or checkpoint directory,
+            or a LoRA adapter directory (loaded onto the base model its config names and merged).
         dtype: `float32`, `bfloat16`, `float16` or `auto`.
         device: `auto` (CUDA when available), `cpu`, `cuda`, `cuda:1`, ...
     """
@@ -156,14 +183,19 @@ def load_model(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = resolve_model_path(spec)
+    base = adapter_base(path)
     torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=torch_dtype, trust_remote_code=trust_remote_code
+            base or path, dtype=torch_dtype, trust_remote_code=trust_remote_code
         )
     except OSError as exc:
         raise ModelNotFoundError(_unreachable_message(spec, exc)) from exc
+    if base is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, path).merge_and_unload()
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.to(resolve_device(device))

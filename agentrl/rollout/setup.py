@@ -15,13 +15,24 @@ from agentrl.rollout.executors import Executor, build_executor
 from agentrl.types import Trajectory
 
 
+def import_env_module(env_id: str) -> str:
+    """Import what registers `env_id` (agentrl's envs, or `module` of a `module:Env-v0` id, as gymnasium does
+    in `make`) and return the bare id."""
+    import importlib
+
+    if ":" in env_id:
+        module, env_id = env_id.split(":", 1)
+        importlib.import_module(module)
+    if env_id.startswith("agentrl/"):
+        import environments  # noqa: F401
+    return env_id
+
+
 def _env_parameters(env_id: str) -> set[str] | None:
     """Constructor parameter names of a registered env (None when they cannot be read)."""
     import gymnasium
 
-    if env_id.startswith("agentrl/"):
-        import environments  # noqa: F401
-
+    env_id = import_env_module(env_id)
     try:
         entry = gymnasium.spec(env_id).entry_point
         cls = gymnasium.envs.registration.load_env_creator(entry) if isinstance(entry, str) else entry

@@ -148,7 +148,7 @@ class Trainer:
 
     # ----------------------------------------------------------------- set-up
 
-    def _build(self) -> None:
+    def build(self) -> None:
         from agentrl.rollout.setup import build_engine, build_generator_for, env_kwargs_for, load_policy
         from agentrl.rollout.tasks import load_rollout_tasks
 
@@ -237,7 +237,7 @@ class Trainer:
         cfg = self.cfg
         run_state.write_config(self.run_dir, cfg)
         self.display.note(f"run directory {self.run_dir}")
-        self._build()
+        self.build()
         interrupted = False
         try:
             with self.display, self.flag.installed():
@@ -255,7 +255,7 @@ class Trainer:
                         if self.flag.requested:
                             interrupted = True
                             break
-                        self._rl_step(self.state.step + 1)
+                        self.rl_step(self.state.step + 1)
                         steps_this_run += 1
                         if self.stop_after is not None and steps_this_run >= self.stop_after:
                             return self._result(interrupted=True)
@@ -268,9 +268,13 @@ class Trainer:
                     interrupted = True
                     self._abandon()
         finally:
-            self.writer.close()
-            self.executor.close()
+            self.close()
         return self._result(interrupted)
+
+    def close(self) -> None:
+        """Flush the metrics and shut the env executor down (what `run` does on its way out)."""
+        self.writer.close()
+        self.executor.close()
 
     def _abandon(self) -> None:
         """A second stop signal mid-step: save the state of the last finished step if this step has not
@@ -351,7 +355,7 @@ class Trainer:
 
     # ----------------------------------------------------------------- one RL step
 
-    def _rl_step(self, step: int) -> dict[str, Any]:
+    def rl_step(self, step: int) -> dict[str, Any]:
         cfg, t = self.cfg, self.cfg.trainer
         self._snapshot = self._take_snapshot()
         started = time.perf_counter()

@@ -113,11 +113,12 @@ def check_config(cfg: Any, source: str = "<config>", training: bool = True) -> R
 def _check_env(cfg: Any, source: str) -> None:
     import gymnasium
 
-    env_id = cfg.env.id
-    if env_id.startswith("agentrl/"):
-        import environments  # noqa: F401
-    if ":" in env_id:
-        return
+    from agentrl.rollout.setup import import_env_module
+
+    try:
+        env_id = import_env_module(cfg.env.id)
+    except ImportError as exc:
+        raise ConfigError(f"{source}: env.id: cannot import the module of {cfg.env.id!r}: {exc}") from None
     if env_id not in gymnasium.registry:
         raise _unknown(source, "env.id", env_id, [k for k in gymnasium.registry if k.startswith("agentrl/")])
 

@@ -18,10 +18,7 @@ from tests.agentrl.conftest import make_tiny_model
 from tests.conftest import requires_minilm
 
 REPO = Path(__file__).resolve().parents[2]
-SMALL_WORLDS = [
-    f"{section}.options={{world_seed: {seed}, world_entities: 40}}"
-    for section, seed in (("data", 1), ("sft.data", 1), ("eval.data", 0))
-]
+SMALL_WORLDS = ["env.kwargs.world_entities=40"]
 
 
 @pytest.fixture(scope="module")

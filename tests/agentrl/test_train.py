@@ -16,6 +16,7 @@ from agentrl.cli.main import app
 from agentrl.config import ConfigError, load_config
 from agentrl.experiment import ExperimentConfig
 from agentrl.metrics import read_metrics
+from agentrl.models import load_model
 from agentrl.train import loop
 from agentrl.train.display import TrainDisplay
 from agentrl.train.loop import TrainingStopped, train
@@ -254,6 +255,10 @@ def test_lora_run_checkpoints_an_adapter_peft_loads(tiny_dir: Path, tmp_path: Pa
     base = AutoModelForCausalLM.from_pretrained(tiny_dir)
     adapted = PeftModel.from_pretrained(base, model_dir)
     assert any("lora_A" in n for n, _ in adapted.named_parameters())
+    merged, _ = load_model(str(result.run_dir), device="cpu")
+    expected = adapted.merge_and_unload().state_dict()
+    for name, value in merged.state_dict().items():
+        torch.testing.assert_close(value, expected[name])
 
 
 def test_full_checkpoint_loads_with_from_pretrained(tiny_dir: Path, tmp_path: Path) -> None:
@@ -266,6 +271,9 @@ def test_full_checkpoint_loads_with_from_pretrained(tiny_dir: Path, tmp_path: Pa
     for name, value in model.state_dict().items():
         if name in saved:
             assert torch.equal(value, saved[name])
+    for spec in (result.run_dir, result.checkpoint):
+        loaded, _ = load_model(str(spec), device="cpu")
+        assert all(torch.equal(v, saved[k]) for k, v in loaded.state_dict().items() if k in saved)
 
 
 def test_train_cli_help_and_errors() -> None:

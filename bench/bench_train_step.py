@@ -1,0 +1,212 @@
+"""One GRPO step (rollout + update) with agentrl and with TRL's GRPOTrainer, in one run, on the same model.
+
+Setting: single-turn math (the Math-v0 arithmetic problems with WAPO's format instruction), the bundled
+SmolLM2-135M-Instruct, 2 prompts x 4 generations x at most 48 new tokens, full fine-tuning, GRPO (no KL, one
+optimizer step per batch), fp32 on the CPU. Both run warm-up steps first; the reported time is the mean of the
+timed steps. A second line compares agentrl's update alone (chunked log-probs, global denominators) with a
+naive update that materialises the full logits, on the same batch, and reports the update's achieved FLOP/s
+(6 x params x tokens) against the GEMM peak measured here.
+
+    pip install -e ".[bench]"            # TRL
+    python bench/bench_train_step.py     # --threads 1 --steps 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+PROMPTS = 2
+GENERATIONS = 4
+NEW_TOKENS = 48
+
+
+def gemm_peak(threads: int, size: int = 1024, repeats: int = 8) -> float:
+    """FLOP/s of a float32 square matmul on this machine (the best of `repeats`)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
+def agentrl_trainer(threads: int, steps: int, out: Path):  # type: ignore[no-untyped-def]
+    from agentrl.config import load_config
+    from agentrl.experiment import ExperimentConfig
+    from agentrl.train.display import TrainDisplay
+    from agentrl.train.loop import Trainer
+
+    overrides = [
+        "model.name=bundled:smollm2-135m-instruct", "model.device=cpu", f"threads={threads}",
+        "env.id=agentrl/Math-v0", "env.max_turns=1", "data.dataset=env", "data.num_tasks=64",
+        f"rollout.group_size={GENERATIONS}", f"rollout.max_new_tokens={NEW_TOKENS}",
+        "rollout.max_total_tokens=256", f"trainer.batch_size={PROMPTS}", f"trainer.steps={steps}",
+        "trainer.learning_rate=1e-6",
+        "finetune.mode=full", "finetune.train_layers=all", "algorithm.preset=grpo", "eval.enabled=false",
+        "sft.enabled=false", f"output.dir={out}", "output.plots=false", "output.save_trajectories=false",
+    ]  # fmt: skip
+    trainer = Trainer(load_config(ExperimentConfig, None, overrides), display=TrainDisplay(live=False))
+    trainer.build()
+    return trainer
+
+
+def time_agentrl(trainer, steps: int, warmup: int) -> tuple[list[float], list[float]]:  # type: ignore[no-untyped-def]
+    """(step seconds, update seconds) of the timed steps."""
+    step_s, update_s = [], []
+    for step in range(1, warmup + steps + 1):
+        start = time.perf_counter()
+        metrics = trainer.rl_step(step)
+        if step > warmup:
+            step_s.append(time.perf_counter() - start)
+            update_s.append(metrics["perf/update_s"])
+    return step_s, update_s
+
+
+def time_trl(threads: int, steps: int, warmup: int, out: Path) -> list[float]:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from agentrl.models import resolve_model_path
+    from environments.math_answers import MATH_INSTRUCTION, math_equal, parse_math_response
+    from environments.math_env import arithmetic_task
+
+    torch.set_num_threads(threads)
+    path = resolve_model_path("bundled:smollm2-135m-instruct")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    rng = __import__("numpy").random.default_rng(0)
+    tasks = [arithmetic_task(rng) for _ in range(64)]
+    rows = [
+        {"prompt": [{"role": "user", "content": f"{t.question}\n\n{MATH_INSTRUCTION}"}], "answer": a}
+        for t in tasks
+        for a in t.answers[:1]
+    ]
+    data = Dataset.from_list(rows)
+
+    def reward(completions, answer, **_):  # type: ignore[no-untyped-def]
+        out = []
+        for completion, gold in zip(completions, answer, strict=True):
+            text = completion[0]["content"] if isinstance(completion, list) else completion
+            parsed = parse_math_response(text)
+            out.append(float(parsed.format_ok and math_equal(parsed.answer, gold, "math")))
+        return out
+
+    times: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+            self.start = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+            times.append(time.perf_counter() - self.start)
+
+    config = GRPOConfig(
+        output_dir=str(out), per_device_train_batch_size=PROMPTS * GENERATIONS, num_generations=GENERATIONS,
+        max_completion_length=NEW_TOKENS, max_steps=warmup + steps, learning_rate=1e-6, beta=0.0,
+        num_iterations=1, temperature=1.0, top_p=1.0, use_cpu=True, bf16=False, report_to=[],
+        save_strategy="no", logging_steps=1, disable_tqdm=True, seed=0,
+    )  # fmt: skip
+    trainer = GRPOTrainer(
+        model=model, reward_funcs=[reward], args=config, train_dataset=data, processing_class=tokenizer,
+        callbacks=[Clock()],
+    )  # fmt: skip
+    trainer.train()
+    return times[warmup:]
+
+
+def naive_update(trainer, repeats: int) -> tuple[float, float, int, int]:  # type: ignore[no-untyped-def]
+    """(agentrl update s, naive full-logits update s, trained tokens, params) on one sampled batch."""
+    from agentrl.train.step_batch import policy_minibatch, step_tensors
+    from trainers.losses import policy_loss
+
+    sampled = trainer.sampler.sample(999, 0)
+    preset = trainer.recipe.preset
+    st = step_tensors(sampled.trajectories, preset, trainer.tokenizer.pad_token_id or 0)
+    batch, _ = policy_minibatch(st, list(range(st.size)), preset, st.tensors["old_logprobs"], None)
+    model = trainer.model
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def ours() -> None:
+        trainer.worker.forward_backward(batch)
+        trainer.worker.optimizer.zero_grad(set_to_none=True)
+
+    def naive() -> None:
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1].float()
+        logp = logits.log_softmax(-1).gather(-1, batch.input_ids[:, 1:, None]).squeeze(-1)
+        mask = batch.loss_mask[:, 1:]
+        loss, _ = policy_loss(
+            preset.loss, batch.normalizer, logp, batch.old_logprobs[:, 1:], batch.advantages, mask,
+            group_ids=batch.group_ids,
+        )  # fmt: skip
+        loss.backward()
+        for p in params:
+            p.grad = None
+
+    timings = {}
+    for name, fn in (("ours", ours), ("naive", naive)):
+        fn()
+        runs = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            runs.append(time.perf_counter() - start)
+        timings[name] = statistics.median(runs)
+    tokens = int(batch.attention_mask.sum())
+    return timings["ours"], timings["naive"], tokens, sum(p.numel() for p in params)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per framework (after warm-up)")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--skip-trl", action="store_true", help="time agentrl only")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = agentrl_trainer(args.threads, args.warmup + args.steps + 1, Path(tmp) / "agentrl")
+        ours_step, ours_update = time_agentrl(trainer, args.steps, args.warmup)
+        update, naive, tokens, params = naive_update(trainer, repeats=3)
+        trainer.close()
+        trl_step: list[float] = []
+        if not args.skip_trl:
+            try:
+                trl_step = time_trl(args.threads, args.steps, args.warmup, Path(tmp) / "trl")
+            except ImportError:
+                print("TRL is not installed (pip install -e '.[bench]'); timing agentrl only")
+    ours = statistics.mean(ours_step)
+    print(
+        f"setting: SmolLM2-135M, {PROMPTS} prompts x {GENERATIONS} generations x <= {NEW_TOKENS} new tokens, "
+        f"GRPO, full fine-tune, fp32, {args.threads} thread(s), mean of {args.steps} steps"
+    )
+    print(f"agentrl step  {ours:7.2f} s (update {statistics.mean(ours_update):.2f} s)")
+    if trl_step:
+        theirs = statistics.mean(trl_step)
+        ratio = ours / theirs
+        print(f"TRL GRPOTrainer step {theirs:7.2f} s   ratio agentrl/TRL = {ratio:.2f}x (target <= 0.5x)")
+    peak = gemm_peak(args.threads)
+    achieved = 6 * params * tokens / update
+    print(
+        f"update alone: agentrl {update:.2f} s vs naive full-logits {naive:.2f} s = {update / naive:.2f}x; "
+        f"{achieved / 1e9:.1f} GFLOP/s (6 x {params / 1e6:.0f}M params x {tokens} tokens) = "
+        f"{achieved / peak:.2f} of the measured GEMM peak {peak / 1e9:.1f} GFLOP/s"
+    )
+
+
+if __name__ == "__main__":
+    main()
