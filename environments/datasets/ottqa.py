@@ -96,9 +96,9 @@ def _prepare(files: list[Path], ctx: LoadContext) -> None:
 
 
 def _convert(record: Record, ctx: LoadContext) -> Task:
-    question = str(record.require("question"))
-    answer = record.require("answer-text", "answer_text", "answer")
-    table_id = str(record.require("table_id"))
+    question = record.require_text("question")
+    answers = record.require_answers("answer-text", "answer_text", "answer")
+    table_id = record.require_text("table_id")
     meta: dict[str, Any] = {"table_id": table_id, "answer_node": record.get("answer-node", [])}
     corpus = None
     table = ctx.state.get("tables", {}).get(table_id)
@@ -112,7 +112,7 @@ def _convert(record: Record, ctx: LoadContext) -> Task:
     return Task(
         id=str(record.require("question_id")),
         question=question,
-        answers=[str(answer)],
+        answers=answers,
         dataset="ottqa",
         metadata=meta,
         corpus=corpus,
