@@ -23,6 +23,7 @@ from environments.datasets import (
     write_searchr1_parquet,
 )
 from environments.datasets.math import is_plain_numeric
+from tests.conftest import requires_minilm
 
 # (loader, path under the data dir, expected task count); a directory of several files is read whole
 SAMPLES = [
@@ -111,8 +112,55 @@ def test_serialize_table() -> None:
         "data": [[["1999", []], ["A | B", ["/wiki/A"]]]],
     }
     assert serialize_table(table) == (
-        "Section: Results\nIntro text.\n\n| Year | Winner |\n|---|---|\n| 1999 | A \\| B |"
+        "Section: Results\n| Year | Winner |\n|---|---|\n| 1999 | A \\| B |\n\nIntro text."
     )
+    assert serialize_table({"title": "T", "intro": "Only an intro."}) == "Only an intro."
+
+
+def test_serialized_table_puts_header_and_rows_before_a_long_intro() -> None:
+    table = {"title": "T", "intro": "word " * 2000, "header": [["Year", []]], "data": [[["1999", []]]]}
+    assert serialize_table(table).startswith("| Year |\n|---|\n| 1999 |\n\nword word")
+
+
+def _markdown_row(cells: list[Any]) -> str:
+    return "| " + " | ".join(str(c[0]).replace("|", "\\|").replace("\n", " ") for c in cells) + " |"
+
+
+@requires_minilm
+def test_ottqa_headers_fit_the_encoder_window(data_dir: Path) -> None:
+    """Every table's header, and the first row of nearly all, lies in the first 256 MiniLM tokens of the
+    passage the dense index encodes ("title" then the serialized table)."""
+    from tokenizers import Tokenizer
+
+    from agentrl.models import resolve_encoder_path
+
+    tokenizer = Tokenizer.from_file(
+        str(Path(resolve_encoder_path("bundled:all-minilm-l6-v2")) / "tokenizer.json")
+    )
+    tokenizer.enable_truncation(256)
+    tables = [json.loads(line) for line in (data_dir / "ottqa" / "ottqa_dev_tables.public.jsonl").open()]
+    passages = [f'"{table["title"]}"\n{serialize_table(table)}' for table in tables]
+    encoded = [e.offsets for e in tokenizer.encode_batch(passages)]
+    header_in, first_row_in = 0, 0
+    for table, passage, offsets in zip(tables, passages, encoded, strict=True):
+        window_end = max(end for _, end in offsets)
+        header, first_row = _markdown_row(table["header"]), _markdown_row(table["data"][0])
+        header_end = passage.find(header) + len(header)
+        header_in += header_end <= window_end
+        first_row_in += passage.find(first_row, header_end) + len(first_row) <= window_end
+    assert header_in == len(tables) and first_row_in >= 0.99 * len(tables)
+
+
+def test_ottqa_supporting_titles_are_unique(tmp_path: Path) -> None:
+    table = {"uid": "T_1", "title": "Tee", "header": [["Name", []]], "data": [[["Ann", ["/wiki/Ann"]]]]}
+    write_jsonl(tmp_path / "ottqa_questions.jsonl", [{
+        "question_id": "q", "question": "Who?", "table_id": "T_1", "answer-text": "Ann",
+        "answer-node": [["Ann", [0, 0], "/wiki/Ann", "passage"], ["Ann", [3, 0], "/wiki/Ann", "passage"],
+                        ["Tee", [1, 0], "/wiki/Tee", "passage"], ["Ann", [2, 0], None, "table"]],
+    }])  # fmt: skip
+    write_jsonl(tmp_path / "ottqa_tables.jsonl", [table])
+    task = load_tasks("ottqa", tmp_path / "ottqa_questions.jsonl")[0]
+    assert task.metadata["supporting_titles"] == ["Tee", "Ann"]
 
 
 def test_missing_field_names_file_line_and_field(tmp_path: Path) -> None:
