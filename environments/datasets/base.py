@@ -105,8 +105,8 @@ class Record:
 
 @dataclass
 class LoadReport:
-    """Counts of one load: records read, tasks produced, records dropped by the dataset filter, errors
-    skipped."""
+    """Counts of one load: records read, tasks produced, records dropped by the dataset filter, bad records
+    skipped (unreadable lines included), with the message of each skip."""
 
     dataset: str
     sources: list[str] = field(default_factory=list)
@@ -117,7 +117,7 @@ class LoadReport:
     errors: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        names = [Path(s).name if Path(s).suffix else s for s in self.sources]
+        names = [Path(s).name for s in self.sources]
         shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
         return (
             f"{self.dataset}: {self.tasks} tasks from {self.records} records in {len(self.sources)} source(s)"
@@ -318,6 +318,10 @@ def iter_tasks(
         report.skipped += 1
         report.errors.append(str(error))
 
+    def skip_unreadable(error: Exception) -> None:
+        report.records += 1
+        skip(error)
+
     local = path is not None and not _looks_like_hub_name(path)
     if local:
         assert path is not None
@@ -326,7 +330,7 @@ def iter_tasks(
         log.info("%s: reading %s", name, ", ".join(report.sources))
         if spec.prepare is not None:
             spec.prepare(files, context)
-        records: Iterable[Record] = (r for f in files for r in read_file(f, skip))
+        records: Iterable[Record] = (r for f in files for r in read_file(f, skip_unreadable))
     else:
         if spec.prepare is not None:
             spec.prepare([], context)

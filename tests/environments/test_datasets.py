@@ -245,7 +245,7 @@ def test_latin1_bytes_name_the_line_and_skipping_goes_on(tmp_path: Path) -> None
     with pytest.raises(RecordError, match=r"hp\.jsonl:2: not valid UTF-8"):
         load_tasks("hotpotqa", path)
     tasks, report = load_tasks_with_report("hotpotqa", path, on_error="skip")
-    assert len(tasks) == 3 and report.skipped == 2
+    assert (len(tasks), report.records, report.skipped) == (3, 5, 2)
     assert [e.split(": ")[0].rsplit(":", 1)[1] for e in report.errors] == ["2", "4"]
     json_path = tmp_path / "hp.json"
     json_path.write_bytes(b'[\n{"question": "q", "answer": "a"},\n{"question": "caf\xe9", "answer": "a"}\n]')

@@ -288,3 +288,19 @@ def test_answer_checking_is_total(answer: str, gold: str) -> None:
     for mode in ("exact", "math"):
         assert isinstance(math_equal(answer, gold, mode), bool)
     assert isinstance(canonical_math_answer(answer), Fraction | str)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.sampled_from([*_TOKENS, " Answer: ", "<answer>", "</answer>", "<tool>"]), max_size=40))
+def test_step_never_raises(tokens: list[str]) -> None:
+    text = "".join(tokens)
+    task = Task(id="t", question="q", answers=["\\frac{3}{4}"])
+    for env_id, kwargs, action in [
+        ("agentrl/Math-v0", {"equivalence": "math"}, f"<think>r</think> Answer: {text}"),
+        ("agentrl/Math-v0", {}, text),
+        ("agentrl/Calculator-v0", {}, f"<think>r</think><answer>{text}</answer>"),
+    ]:
+        env = gym.make(env_id, **kwargs)
+        env.reset(options={"task": task})
+        _, reward, *_ = env.step(action)
+        assert 0.0 <= reward <= 1.0
