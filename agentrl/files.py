@@ -45,23 +45,47 @@ def open_text(path: str | Path) -> IO[str]:
     return p.open(encoding="utf-8")
 
 
+def open_binary(path: str | Path) -> IO[bytes]:
+    """Open a file for reading bytes, transparently decompressing `.gz`."""
+    p = Path(path)
+    return gzip.open(p, "rb") if p.suffix == ".gz" else p.open("rb")
+
+
 def iter_jsonl(
-    path: str | Path, error: Callable[[int, str], Exception] | None = None
+    path: str | Path,
+    error: Callable[[int, str], Exception] | None = None,
+    on_bad_line: Callable[[Exception], None] | None = None,
 ) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, object) for every non-blank line of a JSONL file (`.gz` too), streamed.
 
-    A line that is not valid JSON or not a JSON object raises `error(line, message)`; the default is a
-    `ValueError` reading `path:line: message`.
+    A line that is not UTF-8, not valid JSON or not a JSON object raises `error(line, message)`; the default
+    is a `ValueError` reading `path:line: message`. With `on_bad_line`, that error is passed to it instead and
+    reading goes on with the next line.
     """
     make_error = error or (lambda line, message: ValueError(f"{path}:{line}: {message}"))
-    with open_text(path) as handle:
-        for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise make_error(line_no, f"invalid JSON: {exc.msg}") from None
-            if not isinstance(record, dict):
-                raise make_error(line_no, f"expected a JSON object per line, got {type(record).__name__}")
-            yield line_no, record
+    with open_binary(path) as handle:
+        for line_no, raw in enumerate(handle, start=1):
+            record, problem = _json_object(raw)
+            if record is not None:
+                yield line_no, record
+            elif problem is not None and on_bad_line is None:
+                raise make_error(line_no, problem)
+            elif problem is not None and on_bad_line is not None:
+                on_bad_line(make_error(line_no, problem))
+
+
+def _json_object(raw: bytes) -> tuple[dict[str, Any] | None, str | None]:
+    """(object, None) for a JSON-object line, (None, None) for a blank one, (None, the problem) otherwise."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return None, f"not valid UTF-8 ({exc.reason} at byte {exc.start + 1} of the line)"
+    if not line.strip():
+        return None, None
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        return None, f"invalid JSON: {exc.msg}"
+    if not isinstance(record, dict):
+        return None, f"expected a JSON object per line, got {type(record).__name__}"
+    return record, None

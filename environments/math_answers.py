@@ -10,6 +10,14 @@ after the last `Answer:`. Two comparison modes:
   `\\text{}`, `\\left`/`\\right`, spacing commands, degree and percent signs and a leading `x =` are stripped;
   thousands separators and trailing units ("12 cm", "5 dollars") are dropped; integers, decimals and fractions
   (`3/4`, `\\frac{3}{4}`, `\\dfrac34`) compare as exact rationals, so 3/4 = 0.75 and 1,000 = 1000.0.
+
+Hedged answers never match in `"math"` mode: a unit is at most `MAX_UNIT_WORDS` words of letters, none of them
+a connective, operator, qualifier or variable (`NOT_UNITS`), with no number after it, so `3 and 4`, `2 or 3`,
+`5 sqrt 2`, `5 x` and `3 or more` stay strings; several `\\boxed{}` with different contents are not unwrapped.
+
+Checking is linear in the length of the answer (no pattern here can backtrack more than a constant number of
+times per character), and never raises: numbers longer than `MAX_NUMBER_CHARS` characters are compared as
+text rather than converted (Python refuses int conversions of more than 4300 digits).
 """
 
 from __future__ import annotations
@@ -23,6 +31,13 @@ MATH_INSTRUCTION = (
     "then write your final answer as: Answer: <your answer>."
 )
 EQUIVALENCE_MODES = ("exact", "math")
+MAX_NUMBER_CHARS = 1000
+MAX_UNIT_WORDS = 4
+NOT_UNITS = frozenset(
+    "and or nor not but to plus minus times over divided by sqrt root squared cubed pi e i x y z n k "
+    "than more less fewer least most about approximately approx roughly around nearly almost maybe perhaps "
+    "probably possibly either since because if so then also else otherwise is are equals".split()
+)
 
 _FORMAT = re.compile(r"\s*<think>(?P<reasoning>.*?)</think>\s*Answer:(?P<answer>.*)", re.DOTALL)
 _ANSWER = re.compile(r"Answer:", re.IGNORECASE)
@@ -65,45 +80,59 @@ def normalize_math_answer(answer: str) -> str:
     return text[:-1].rstrip() if text.endswith(".") else text
 
 
-def _last_braced(text: str, command: str) -> str | None:
-    start = text.rfind(command)
-    if start < 0:
-        return None
-    i = start + len(command)
-    while i < len(text) and text[i] == " ":
-        i += 1
-    if i >= len(text) or text[i] != "{":
-        return None
-    depth = 0
-    for j in range(i, len(text)):
-        if text[j] == "{":
-            depth += 1
-        elif text[j] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[i + 1 : j]
-    return None
-
-
+_BOX = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _SPACING = re.compile(r"\\[,;:! ]|\\quad|\\qquad|\\displaystyle|\\left|\\right")
 _TEXT_CMD = re.compile(r"\\(?:text|textbf|mathrm|mathbf|mbox)\s*\{([^{}]*)\}")
 _DEGREES = re.compile(r"\^\s*\{?\\circ\}?|°")
 _ASSIGN = re.compile(r"^[a-zA-Z]\s*=\s*(?=\S)")
 _THOUSANDS = re.compile(r"[-+]?\d{1,3}(,\d{3})+(\.\d+)?")
-_NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)"
+_NUMBER = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)"
 _FRAC = re.compile(rf"(?P<sign>-?)\\frac\s*\{{\s*(?P<num>{_NUMBER})\s*\}}\s*\{{\s*(?P<den>{_NUMBER})\s*\}}")
 _FRAC_SHORT = re.compile(r"(?P<sign>-?)\\frac(?P<num>\d)(?P<den>\d)")
 _PLAIN_FRAC = re.compile(rf"(?P<num>{_NUMBER})\s*/\s*(?P<den>{_NUMBER})")
-_UNITS = re.compile(rf"(?P<num>{_NUMBER}(?:\s*/\s*{_NUMBER})?)\s*(?:[a-zA-Z]+\.?\s*)+(?:\^?\d)?")
+_LEADING_NUMBER = re.compile(rf"{_NUMBER}(?:\s*/\s*{_NUMBER})?")
+_UNIT_WORD = re.compile(r"(?P<name>[a-zA-Z]+)\.?(?:\^?\d)?")
+
+
+def _closing_brace(text: str, open_at: int) -> int | None:
+    """Index of the `}` matching the `{` at `open_at` (None when it is never closed)."""
+    depth = 0
+    for j in range(open_at, len(text)):
+        if text[j] == "{":
+            depth += 1
+        elif text[j] == "}":
+            depth -= 1
+            if depth == 0:
+                return j
+    return None
+
+
+def _boxed_contents(text: str) -> list[str]:
+    """Contents of the top-level `\\boxed{...}` / `\\fbox{...}` in `text`, left to right (one linear scan)."""
+    contents: list[str] = []
+    pos = 0
+    while (m := _BOX.search(text, pos)) is not None:
+        close = _closing_brace(text, m.end() - 1)
+        if close is None:
+            break
+        contents.append(text[m.end() : close])
+        pos = close + 1
+    return contents
+
+
+def _unbox(text: str, levels: int = 3) -> str:
+    """The content of the boxed answer, unwrapping nested boxes up to `levels` deep; text with several boxes
+    holding different answers (a hedge) is returned unchanged."""
+    for _ in range(levels):
+        boxes = _boxed_contents(text)
+        if not boxes or len({"".join(b.split()) for b in boxes}) > 1:
+            return text
+        text = boxes[-1].strip()
+    return text
 
 
 def _strip_wrappers(answer: str) -> str:
-    text = answer.strip()
-    for command in ("\\boxed", "\\fbox"):
-        inner = _last_braced(text, command)
-        if inner is not None:
-            text = inner
-    text = text.strip()
+    text = _unbox(answer.strip())
     for left, right in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
         if text.startswith(left) and text.endswith(right) and len(text) >= len(left) + len(right):
             text = text[len(left) : len(text) - len(right)].strip()
@@ -119,6 +148,8 @@ def _strip_wrappers(answer: str) -> str:
 
 def _to_fraction(text: str) -> Fraction | None:
     text = text.strip()
+    if len(text) > MAX_NUMBER_CHARS:
+        return None
     if _THOUSANDS.fullmatch(text):
         text = text.replace(",", "")
     for pattern in (_FRAC, _FRAC_SHORT):
@@ -133,20 +164,34 @@ def _to_fraction(text: str) -> Fraction | None:
     if m:
         den = Fraction(m.group("den"))
         return Fraction(m.group("num")) / den if den != 0 else None
-    try:
-        return Fraction(text) if re.fullmatch(_NUMBER, text) else None
-    except (ValueError, ZeroDivisionError):
+    return Fraction(text) if re.fullmatch(_NUMBER, text) else None
+
+
+def _number_before_unit(text: str) -> str | None:
+    """The number of `<number> <unit>` ("12 cm", "3/4 cup", "5 sq. ft"), else None.
+
+    The unit is 1 to `MAX_UNIT_WORDS` whitespace-separated words of letters (optionally with a period and an
+    exponent digit, as in `cm^2`); a word in `NOT_UNITS` or anything else after the number makes it None.
+    """
+    m = _LEADING_NUMBER.match(text)
+    if m is None:
         return None
+    words = text[m.end() :].split()
+    if not 1 <= len(words) <= MAX_UNIT_WORDS:
+        return None
+    for word in words:
+        unit = _UNIT_WORD.fullmatch(word)
+        if unit is None or unit.group("name").lower() in NOT_UNITS:
+            return None
+    return m.group(0)
 
 
 def canonical_math_answer(answer: str) -> Fraction | str:
     """An exact rational when the answer is numeric (units and separators dropped), else a string."""
     text = _strip_wrappers(answer)
     value = _to_fraction(text)
-    if value is None:
-        m = _UNITS.fullmatch(text)
-        if m:
-            value = _to_fraction(m.group("num"))
+    if value is None and (number := _number_before_unit(text)) is not None:
+        value = _to_fraction(number)
     if value is not None:
         return value
     return re.sub(r"\s+", "", text)

@@ -2,9 +2,12 @@
 
 Rules (shared by the search and tool environments):
 
-- The action is the first opening action tag in the turn (`<search>`, `<answer>`, `<tool>`, ...). When a turn
-  holds several actions, the first one is executed and the rest is ignored; the turn then fails the format
-  check.
+- The action is the first opening action tag in the turn (`<search>`, `<answer>`, `<tool>`, ...) outside the
+  reasoning. When a turn holds several actions, the first one is executed and the rest is ignored; the turn
+  then fails the format check.
+- Reasoning is quoted text: when a turn opens `<think>` before any action tag, everything up to the first
+  `</think>` is skipped when looking for the action, and protocol tags quoted there (`<think> I will use the
+  <answer> tag later </think>`) neither act nor break the format. Only a nested `<think>` does.
 - An action tag without its closing tag, or whose body contains another protocol tag (nesting), makes the turn
   invalid. So does an empty body and a turn with no action tag at all.
 - A turn is well-formed when it is exactly `<think> non-empty reasoning </think>` followed by one closed
@@ -21,6 +24,7 @@ from typing import Any
 
 PROTOCOL_TAGS = ("think", "search", "answer", "information", "tool", "result")
 _ANY_TAG = re.compile(r"</?(?:" + "|".join(PROTOCOL_TAGS) + r")>")
+_THINK_OPEN, _THINK_CLOSE = "<think>", "</think>"
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
@@ -62,7 +66,7 @@ def _invalid(error: str) -> TurnParse:
 def parse_turn(text: str, actions: Sequence[str] = ("search", "answer")) -> TurnParse:
     """Parse `text` into its first action and a format verdict (see the module docstring for the rules)."""
     opening = re.compile(r"<(" + "|".join(re.escape(a) for a in actions) + r")>")
-    match = opening.search(text)
+    match = opening.search(text, _reasoning_end(text, opening))
     if match is None:
         names = " or ".join(f"<{a}>" for a in actions)
         return _invalid(f"no {names} tag")
@@ -80,11 +84,25 @@ def parse_turn(text: str, actions: Sequence[str] = ("search", "answer")) -> Turn
     return TurnParse(name, content, format_error is None, None, format_error)
 
 
+def _reasoning_end(text: str, opening: re.Pattern[str]) -> int:
+    """Where the search for the action starts: after the first `</think>` when `<think>` opens before any
+    action tag, else 0."""
+    think = text.find(_THINK_OPEN)
+    if think < 0:
+        return 0
+    first_action = opening.search(text, 0, think)
+    close = text.find(_THINK_CLOSE, think)
+    if first_action is not None or close < 0:
+        return 0
+    return close + len(_THINK_CLOSE)
+
+
 def _format_error(prefix: str, suffix: str) -> str | None:
-    think = re.fullmatch(r"\s*<think>(.*?)</think>\s*", prefix, re.DOTALL)
-    if think is None:
+    stripped = prefix.strip()
+    if not (stripped.startswith(_THINK_OPEN) and stripped.endswith(_THINK_CLOSE)):
         return "expected <think>...</think> before the action"
-    if not think.group(1).strip() or _ANY_TAG.search(think.group(1)):
+    reasoning = stripped[len(_THINK_OPEN) : len(stripped) - len(_THINK_CLOSE)]
+    if not reasoning.strip() or _THINK_OPEN in reasoning or _THINK_CLOSE in reasoning:
         return "empty or nested <think>"
     if suffix.strip():
         return "text after the action (only the first action of a turn is used)"

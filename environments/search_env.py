@@ -9,13 +9,20 @@ truncated.
 Reward on the final step: (w * R_fmt + score) / (1 + w), with `score` the answer's F1 (or EM / sub-EM) against
 the gold answers and R_fmt = 1 when every assistant turn was well-formed and the episode ended with an answer;
 w = `format_weight` = 0.3 gives WAPO's (0.3 R_fmt + F1) / 1.3.
+
+What is searched never changes silently: `corpus="task"` needs every task to carry its own documents, and the
+synthetic world (the default retriever) only serves synthetic tasks; anything else is an error at `reset`
+naming the task. `corpus="task_or_default"` is the explicit opt-in to search the env's retriever for tasks
+without a corpus.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -57,7 +64,9 @@ INVALID_TURN_MESSAGE = (
     "Invalid turn: {error}. Reason inside <think>...</think>, then either search with "
     "<search> query </search> or give the final answer with <answer> answer </answer>."
 )
-CORPUS_MODES = ("default", "task")
+CORPUS_MODES = ("default", "task", "task_or_default")
+SYNTHETIC_DATASETS = frozenset({"", "synthetic"})
+TASK_INDEX_CACHE_SIZE = 64
 _SPECIAL_ANSWERS = frozenset({"yes", "no", "noanswer"})
 
 
@@ -67,13 +76,24 @@ def world_retriever(seed: int = 0, num_entities: int = 3000) -> InMemoryRetrieve
     return InMemoryRetriever(build_world(seed, num_entities).documents)
 
 
+def corpus_key(corpus: Sequence[Mapping[str, Any]]) -> str:
+    """A digest of a task corpus's content (every document's fields), the key of the per-corpus index cache:
+    two tasks share an index only when their documents are identical, whatever their ids."""
+    payload = json.dumps(list(corpus), sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.blake2b(payload.encode("utf-8"), digest_size=16).hexdigest()
+
+
 class SearchQAEnv(TextEnv):
     """Search-R1 style multi-hop QA.
 
     Args:
-        retriever: any `Retriever`; None uses BM25 over the synthetic world (`world_seed`, `world_entities`).
+        retriever: any `Retriever`; None uses BM25 over the synthetic world (`world_seed`, `world_entities`),
+            which then serves only synthetic tasks (`Task.dataset` "synthetic" or empty): resetting with a
+            task of another dataset raises instead of searching fictional documents.
         corpus: "default" searches `retriever`; "task" searches the task's own `corpus` (HotpotQA distractor
-            paragraphs) with an in-memory BM25 index, falling back to `retriever` for tasks without a corpus.
+            paragraphs) with an in-memory BM25 index and raises at `reset` for a task without one;
+            "task_or_default" is the opt-in fallback: the task's corpus when it has one, else `retriever`.
+            Task indexes are cached by corpus content (`corpus_key`), the last `TASK_INDEX_CACHE_SIZE` ones.
         top_k: documents per search (default 3, as in the paper).
         max_turns: agent turns before truncation (default 10).
         reward: "f1" (default), "em" or "subem": the answer score in the reward.
@@ -120,6 +140,7 @@ class SearchQAEnv(TextEnv):
         self.stop_strings = ["</search>", "</answer>"]
         self.world_seed, self.world_entities = world_seed, world_entities
         self._retriever = retriever
+        self._synthetic_only = retriever is None
         self.corpus = corpus
         self.top_k, self.max_turns = top_k, max_turns
         self.reward_name, self.format_weight = reward, format_weight
@@ -129,6 +150,8 @@ class SearchQAEnv(TextEnv):
         self.system_prompt = system_prompt
         self._tasks = list(tasks) if tasks is not None else None
         self._task_retrievers: OrderedDict[str, InMemoryRetriever] = OrderedDict()
+        for task in self._tasks or []:
+            self._check_searchable(task)
 
     @property
     def retriever(self) -> Retriever:
@@ -159,13 +182,35 @@ class SearchQAEnv(TextEnv):
         self.gold_retrieved = False
         self.episode_retriever = self._retriever_for(task)
 
+    def _uses_task_corpus(self, task: Task) -> bool:
+        return self.corpus == "task" or (self.corpus == "task_or_default" and bool(task.corpus))
+
+    def _check_searchable(self, task: Task) -> None:
+        """Raise when `task` cannot be searched as configured (see the module docstring)."""
+        if self._uses_task_corpus(task):
+            if not task.corpus:
+                raise ValueError(
+                    f"task {task.id!r} (dataset {task.dataset!r}) has no corpus, but corpus='task' searches "
+                    "each task's own documents; load tasks that carry them (e.g. HotpotQA distractor, not "
+                    "fullwiki or evidence-only files) or pass corpus='task_or_default' to search the env's "
+                    "retriever for such tasks"
+                )
+        elif self._synthetic_only and task.dataset not in SYNTHETIC_DATASETS:
+            raise ValueError(
+                f"task {task.id!r} comes from dataset {task.dataset!r}, but no retriever was given, so it "
+                "would be searched in the synthetic world's fictional documents; pass retriever=... (an "
+                "index or server over its corpus) or corpus='task' for tasks that carry their own documents"
+            )
+
     def _retriever_for(self, task: Task) -> Retriever:
-        if self.corpus != "task" or not task.corpus:
+        self._check_searchable(task)
+        if not self._uses_task_corpus(task):
             return self.retriever
-        key = task.id
+        assert task.corpus is not None
+        key = corpus_key(task.corpus)
         if key not in self._task_retrievers:
             self._task_retrievers[key] = InMemoryRetriever(task.corpus)
-            if len(self._task_retrievers) > 64:
+            if len(self._task_retrievers) > TASK_INDEX_CACHE_SIZE:
                 self._task_retrievers.popitem(last=False)
         self._task_retrievers.move_to_end(key)
         return self._task_retrievers[key]

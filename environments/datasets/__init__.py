@@ -7,6 +7,7 @@ searchr1.
 from environments.datasets import math, ottqa, qa, searchr1  # noqa: F401  (registers the loaders)
 from environments.datasets.base import (
     LOADERS,
+    DatasetError,
     LoaderSpec,
     LoadReport,
     Record,
@@ -21,6 +22,7 @@ from environments.datasets.searchr1 import write_searchr1_parquet
 
 __all__ = [
     "LOADERS",
+    "DatasetError",
     "LoadReport",
     "LoaderSpec",
     "Record",

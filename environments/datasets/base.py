@@ -3,13 +3,22 @@
 A dataset loader is a `LoaderSpec`: a `convert(record, context)` function turning one raw record into a `Task`
 (or None when the dataset's own filter drops it), plus where to find the data (a Hugging Face name and config,
 the file patterns it reads from a directory) and optional `prepare` / `finalize` steps. `load_tasks` drives
-any registered spec over local json / jsonl / parquet files, a directory of them, or a hub dataset.
+any registered spec over local json / jsonl (either may be gzipped) / parquet files, a directory of them, or a
+hub dataset.
+
+Nothing bad is accepted silently: an empty file, a load that yields no task, a missing, blank or ill-typed
+question or answer, and a record a converter cannot read all raise a `DatasetError` (a `RecordError` for one
+record) whose message names the file, the line and the field; `on_error="skip"` skips bad records instead and
+counts them in the `LoadReport`. A directory holding several data files is read by split: only the files whose
+name carries the split (`train`; `dev` / `validation` / `val`; `test`) are read, and the report names them.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,11 +30,18 @@ from agentrl.types import Task
 
 log = logging.getLogger(__name__)
 
-FILE_SUFFIXES = (".jsonl", ".json", ".parquet")
+FILE_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet")
 ON_ERROR = ("raise", "skip")
+SPLIT_ALIASES = (("train",), ("dev", "validation", "val", "valid"), ("test",))
+READ_ALL_SPLITS = "all"
+_SCALAR = (str, int, float)
 
 
-class RecordError(ValueError):
+class DatasetError(ValueError):
+    """A data source that cannot give tasks (an empty file, no task at all, files no split selects)."""
+
+
+class RecordError(DatasetError):
     """A record that cannot become a task; the message names the source, the line and the field."""
 
 
@@ -42,10 +58,45 @@ class Record:
 
     def require(self, *names: str) -> Any:
         """The first present, non-null field among `names` (aliases); else a RecordError naming it."""
+        return self._field(*names)[1]
+
+    def _field(self, *names: str) -> tuple[str, Any]:
         for name in names:
             if name in self.data and self.data[name] is not None:
-                return self.data[name]
+                return name, self.data[name]
         raise RecordError(f"{self.where()}: record is missing required field {names[0]!r}")
+
+    def error(self, field: str, message: str) -> RecordError:
+        """A RecordError reading `source:line: field 'field' message`."""
+        return RecordError(f"{self.where()}: field {field!r} {message}")
+
+    def _scalar_text(self, field: str, value: Any) -> str:
+        if isinstance(value, bool) or not isinstance(value, _SCALAR):
+            raise self.error(field, f"must be a string or a number, got {type(value).__name__} {value!r:.80}")
+        text = str(value)
+        if not text.strip():
+            raise self.error(field, "is empty")
+        return text
+
+    def require_text(self, *names: str) -> str:
+        """The first present field among `names` as non-blank text (a string or a number); else a RecordError
+        naming the field (missing, blank, or a list / object / boolean)."""
+        name, value = self._field(*names)
+        return self._scalar_text(name, value)
+
+    def require_answers(self, *names: str) -> list[str]:
+        """The gold answers in the first present field among `names`: one string or number, or a non-empty
+        list of them, none blank; else a RecordError naming the field (and the list index)."""
+        name, value = self._field(*names)
+        return self.answer_list(name, value)
+
+    def answer_list(self, name: str, value: Any) -> list[str]:
+        """`value` (field `name`) checked as gold answers, see `require_answers`."""
+        if isinstance(value, list | tuple):
+            if not value:
+                raise self.error(name, "is an empty list (no gold answer)")
+            return [self._scalar_text(f"{name}[{i}]", item) for i, item in enumerate(value)]
+        return [self._scalar_text(name, value)]
 
     def get(self, name: str, default: Any = None) -> Any:
         value = self.data.get(name, default)
@@ -54,8 +105,8 @@ class Record:
 
 @dataclass
 class LoadReport:
-    """Counts of one load: records read, tasks produced, records dropped by the dataset filter, errors
-    skipped."""
+    """Counts of one load: records read, tasks produced, records dropped by the dataset filter, bad records
+    skipped (unreadable lines included), with the message of each skip."""
 
     dataset: str
     sources: list[str] = field(default_factory=list)
@@ -66,9 +117,11 @@ class LoadReport:
     errors: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
+        names = [Path(s).name for s in self.sources]
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
         return (
             f"{self.dataset}: {self.tasks} tasks from {self.records} records in {len(self.sources)} source(s)"
-            f" ({self.filtered} filtered, {self.skipped} skipped)"
+            f" ({self.filtered} filtered, {self.skipped} skipped): {shown}"
         )
 
 
@@ -96,15 +149,18 @@ class LoaderSpec:
         patterns: glob patterns of the files read when `path` is a directory.
         prepare: builds shared state once per load (e.g. OTT-QA's tables) from the resolved files and options.
         finalize: reorders or splits the full task list (e.g. NuminaMath's seeded shuffle and eval split).
+        split_by_file_name: whether the split picks a directory's files by name (False for loaders whose
+            `finalize` makes the split from all the files).
     """
 
     name: str
     convert: Converter
     hf_path: str | None = None
     hf_config: str | None = None
-    patterns: tuple[str, ...] = ("*.jsonl", "*.json", "*.parquet")
+    patterns: tuple[str, ...] = ("*.jsonl", "*.jsonl.gz", "*.json", "*.json.gz", "*.parquet")
     prepare: Callable[[list[Path], LoadContext], None] | None = None
     finalize: Callable[[list[Task], LoadContext], list[Task]] | None = None
+    split_by_file_name: bool = True
 
 
 LOADERS: Registry[LoaderSpec] = Registry("dataset loader")
@@ -115,43 +171,105 @@ def register_loader(spec: LoaderSpec, *aliases: str) -> LoaderSpec:
     return spec
 
 
-def resolve_files(path: str | Path, patterns: Iterable[str]) -> list[Path]:
-    """The data files at `path`: the file itself, or the files of a directory matching `patterns`."""
+def data_suffix(path: Path) -> str | None:
+    """The data-file suffix of `path` (one of `FILE_SUFFIXES`, e.g. ".jsonl.gz"), or None."""
+    name = path.name.lower()
+    return next((suffix for suffix in FILE_SUFFIXES if name.endswith(suffix)), None)
+
+
+def _split_names(split: str) -> set[str]:
+    return set(next((group for group in SPLIT_ALIASES if split.lower() in group), (split.lower(),)))
+
+
+def _name_words(path: Path) -> set[str]:
+    return set(re.split(r"[^a-z0-9]+", path.name.lower()))
+
+
+def _file_splits(path: Path) -> set[str]:
+    return {group[0] for group in SPLIT_ALIASES if _name_words(path) & set(group)}
+
+
+def resolve_files(path: str | Path, patterns: Iterable[str], split: str | None = None) -> list[Path]:
+    """The data files at `path`: the file itself, or the files of a directory matching `patterns`.
+
+    When a directory holds several such files and `split` is given (and not "all"), only the files whose name
+    carries the split as a word are kept (`dev`, `validation`, `val` and `valid` name one split); none kept is
+    a DatasetError listing the files and the splits their names carry.
+    """
     path = Path(path)
+    patterns = list(patterns)
     if path.is_file():
         return [path]
-    if path.is_dir():
-        files = sorted(
-            {f for p in patterns for f in path.glob(p) if f.suffix in FILE_SUFFIXES and f.is_file()}
-        )
-        if not files:
-            raise FileNotFoundError(f"no data files matching {list(patterns)} in {path}")
+    if not path.is_dir():
+        raise FileNotFoundError(f"no such file or directory: {path}")
+    files = sorted({f for p in patterns for f in path.glob(p) if data_suffix(f) and f.is_file()})
+    if not files:
+        raise FileNotFoundError(f"no data files matching {patterns} in {path}")
+    if len(files) == 1 or split is None or split == READ_ALL_SPLITS:
         return files
-    raise FileNotFoundError(f"no such file or directory: {path}")
+    chosen = [f for f in files if _name_words(f) & _split_names(split)]
+    if not chosen:
+        names = ", ".join(f.name for f in files)
+        splits = [*sorted(set().union(*(_file_splits(f) for f in files))), READ_ALL_SPLITS]
+        raise DatasetError(
+            f"{len(files)} data files in {path} match {patterns} ({names}) and none is named for split "
+            f"{split!r}; pass split= one of {splits} ('{READ_ALL_SPLITS}' reads every file) or a file's path"
+        )
+    return chosen
 
 
-def read_file(path: Path) -> Iterator[Record]:
+def read_file(path: Path, on_bad_record: Callable[[Exception], None] | None = None) -> Iterator[Record]:
     """Records of a .jsonl (line numbers), .json (a list, a {"data": [...]} wrapper or column-oriented dict;
-    record numbers) or .parquet (row numbers) file."""
+    record numbers) or .parquet (row numbers) file; .jsonl.gz and .json.gz are read as well.
+
+    A bad record (a line that is not UTF-8 or not a JSON object) raises a RecordError naming the line, or is
+    passed to `on_bad_record` and skipped. A file that cannot be parsed at all or holds no records raises a
+    DatasetError.
+    """
     source = str(path)
-    if path.suffix == ".jsonl":
-        for line_no, data in iter_jsonl(
-            path, lambda line, message: RecordError(f"{source}:{line}: {message}")
-        ):
-            yield Record(data, source, line_no)
-    elif path.suffix == ".json":
-        with path.open(encoding="utf-8") as handle:
-            data = json.load(handle)
-        for i, row in enumerate(_json_rows(data, source), start=1):
-            yield Record(row, source, i)
-    elif path.suffix == ".parquet":
+    suffix = data_suffix(path)
+    count = 0
+
+    def bad(error: Exception) -> None:
+        nonlocal count
+        count += 1
+        if on_bad_record is None:
+            raise error
+        on_bad_record(error)
+
+    if suffix in (".jsonl", ".jsonl.gz"):
+        rows: Iterable[tuple[int, Any]] = iter_jsonl(
+            path, lambda line, message: RecordError(f"{source}:{line}: {message}"), on_bad_line=bad
+        )
+    elif suffix in (".json", ".json.gz"):
+        rows = enumerate(_json_rows(_read_json(path), source), start=1)
+    elif suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        table = pq.read_table(path)
-        for i, row in enumerate(table.to_pylist(), start=1):
-            yield Record(row, source, i)
+        rows = enumerate(pq.read_table(path).to_pylist(), start=1)
     else:
-        raise ValueError(f"unsupported file type {path.suffix!r} ({source}); use one of {FILE_SUFFIXES}")
+        raise ValueError(f"unsupported file type {path.name!r} ({source}); use one of {FILE_SUFFIXES}")
+    for number, data in rows:
+        if isinstance(data, dict):
+            count += 1
+            yield Record(data, source, number)
+        else:
+            bad(RecordError(f"{source}:{number}: expected a JSON object, got {type(data).__name__}"))
+    if count == 0:
+        raise DatasetError(f"{source}: the file holds no records")
+
+
+def _read_json(path: Path) -> Any:
+    raw = gzip.decompress(path.read_bytes()) if path.name.lower().endswith(".gz") else path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise DatasetError(f"{path}:{line}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from None
 
 
 def _json_rows(data: Any, source: str) -> list[dict[str, Any]]:
@@ -163,7 +281,7 @@ def _json_rows(data: Any, source: str) -> list[dict[str, Any]]:
         columns = list(data)
         keys = list(data[columns[0]])
         return [{c: data[c].get(k) for c in columns} for k in keys]
-    raise RecordError(f"{source}: expected a list of records or a column-oriented object")
+    raise DatasetError(f"{source}: expected a list of records or a column-oriented object")
 
 
 def read_hub(spec: LoaderSpec, split: str, config: str | None) -> Iterator[Record]:
@@ -193,14 +311,26 @@ def iter_tasks(
     spec = LOADERS.get(name)
     report = report if report is not None else LoadReport(name)
     context = LoadContext(name, split, dict(options))
+
+    def skip(error: Exception) -> None:
+        if on_error == "raise":
+            raise error
+        report.skipped += 1
+        report.errors.append(str(error))
+
+    def skip_unreadable(error: Exception) -> None:
+        report.records += 1
+        skip(error)
+
     local = path is not None and not _looks_like_hub_name(path)
     if local:
         assert path is not None
-        files = resolve_files(path, spec.patterns)
+        files = resolve_files(path, spec.patterns, split if spec.split_by_file_name else None)
         report.sources = [str(f) for f in files]
+        log.info("%s: reading %s", name, ", ".join(report.sources))
         if spec.prepare is not None:
             spec.prepare(files, context)
-        records: Iterable[Record] = (r for f in files for r in read_file(f))
+        records: Iterable[Record] = (r for f in files for r in read_file(f, skip_unreadable))
     else:
         if spec.prepare is not None:
             spec.prepare([], context)
@@ -212,15 +342,12 @@ def iter_tasks(
         records = read_hub(spec, split, config)
 
     def converted() -> Iterator[Task]:
-        for record in _guarded(records, report, on_error):
+        for record in records:
             report.records += 1
             try:
-                task = spec.convert(record, context)
+                task = _convert(spec, record, context)
             except RecordError as exc:
-                if on_error == "raise":
-                    raise
-                report.skipped += 1
-                report.errors.append(str(exc))
+                skip(exc)
                 continue
             if task is None:
                 report.filtered += 1
@@ -235,23 +362,21 @@ def iter_tasks(
             break
         report.tasks += 1
         yield task
+    if report.tasks == 0 and limit != 0:
+        detail = f"; first error: {report.errors[0]}" if report.errors else ""
+        raise DatasetError(f"no tasks loaded: {report.summary()}{detail}")
     log.info(report.summary())
 
 
-def _guarded(records: Iterable[Record], report: LoadReport, on_error: str) -> Iterator[Record]:
-    iterator = iter(records)
-    while True:
-        try:
-            record = next(iterator)
-        except StopIteration:
-            return
-        except RecordError as exc:
-            if on_error == "raise":
-                raise
-            report.skipped += 1
-            report.errors.append(str(exc))
-            continue
-        yield record
+def _convert(spec: LoaderSpec, record: Record, context: LoadContext) -> Task | None:
+    """`spec.convert(record)`, with any error a converter raises on odd data turned into a RecordError that
+    names the record's file and line."""
+    try:
+        return spec.convert(record, context)
+    except RecordError:
+        raise
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
+        raise RecordError(f"{record.where()}: cannot read the record ({type(exc).__name__}: {exc})") from exc
 
 
 def _looks_like_hub_name(path: str | Path) -> bool:

@@ -23,8 +23,8 @@ def _text(value: object) -> str:
 
 
 def _math500(record: Record, ctx: LoadContext) -> Task:
-    problem = record.require("problem")
-    answer = record.require("answer")
+    problem = record.require_text("problem")
+    answer = record.require_text("answer")
     uid = record.get("unique_id") or f"math500-{record.line}"
     meta = {k: record.data[k] for k in ("subject", "level", "solution") if k in record.data}
     return Task(id=str(uid), question=str(problem), answers=[_text(answer)], dataset="math500", metadata=meta)
@@ -32,8 +32,8 @@ def _math500(record: Record, ctx: LoadContext) -> Task:
 
 def _competition(dataset: str) -> LoaderSpec:
     def convert(record: Record, ctx: LoadContext) -> Task:
-        problem = record.require("problem", "question")
-        answer = record.require("answer")
+        problem = record.require_text("problem", "question")
+        answer = record.require_text("answer")
         url = record.get("url")
         uid = "/".join(str(url).rsplit("/", 2)[-2:]) if url else str(record.get("id", record.line))
         meta = {k: record.data[k] for k in ("url", "competition", "problem_idx") if k in record.data}
@@ -55,9 +55,11 @@ def _competition(dataset: str) -> LoaderSpec:
 
 
 def _gsm8k(record: Record, ctx: LoadContext) -> Task:
-    question = record.require("question")
-    solution = str(record.require("answer"))
+    question = record.require_text("question")
+    solution = record.require_text("answer")
     final = solution.rsplit("####", 1)[-1].strip().replace(",", "")
+    if not final:
+        raise record.error("answer", "has no final answer after '####'")
     return Task(
         id=str(record.get("id", f"gsm8k-{record.line}")),
         question=str(question),
@@ -118,6 +120,7 @@ register_loader(
         hf_path="AI-MO/NuminaMath-LEAN",
         patterns=("*numina*",),
         finalize=_numinamath_split,
+        split_by_file_name=False,
     ),
     "numinamath-lean",
 )

@@ -1,10 +1,12 @@
 """OTT-QA loader: questions over tables and their linked Wikipedia passages.
 
-Tables are serialized as in WAPO F.2.1: title, section title, introduction and the table in markdown. A
-question's task corpus is its table plus the passages its cells link to; `ottqa_corpus` builds the whole
-table-and-passage corpus for open retrieval. The tables and passages files are found next to the questions
-file (the name with "questions" replaced by "tables" / "passages") or given as the options `tables_path` /
-`passages_path`.
+Tables are serialized with WAPO F.2.1's parts (title, section title, introduction and the table in markdown),
+the header and rows before the introduction so that a dense encoder reading only the first 256 tokens still
+sees the columns and first rows. A question's task corpus is its table plus the passages its cells link to;
+its `supporting_titles` are the table's title and the titles of the passages its answer nodes link to, each
+once. `ottqa_corpus` builds the whole table-and-passage corpus for open retrieval. The tables and passages
+files are found next to the questions file (the name with "questions" replaced by "tables" / "passages") or
+given as the options `tables_path` / `passages_path`.
 """
 
 from __future__ import annotations
@@ -33,16 +35,20 @@ def _md(text: str) -> str:
 
 
 def serialize_table(table: dict[str, Any]) -> str:
-    """Section title, introduction and markdown table of an OTT-QA table (the title is the document title)."""
+    """Section title, markdown table (header, separator, rows), then the introduction, of an OTT-QA table (the
+    title is the document title).
+
+    The introduction comes last because it is often longer than an encoder's window (256 tokens for MiniLM):
+    placed first, it pushed the header and every cell out of what the dense index encodes.
+    """
     header = [_md(_cell(c)[0]) for c in table.get("header", [])]
     rows = [[_md(_cell(c)[0]) for c in row] for row in table.get("data", [])]
-    lines = [f"| {' | '.join(header)} |", f"|{'---|' * len(header)}"] if header else []
+    lines = [f"Section: {table['section_title']}"] if table.get("section_title") else []
+    if header:
+        lines += [f"| {' | '.join(header)} |", f"|{'---|' * len(header)}"]
     lines += [f"| {' | '.join(row)} |" for row in rows]
-    parts = [
-        f"Section: {table['section_title']}" if table.get("section_title") else "",
-        str(table.get("intro", "")),
-    ]
-    return "\n".join(p for p in parts if p) + "\n\n" + "\n".join(lines)
+    intro = str(table.get("intro") or "").strip()
+    return "\n\n".join(part for part in ("\n".join(lines), intro) if part)
 
 
 def table_links(table: dict[str, Any]) -> list[str]:
@@ -96,9 +102,9 @@ def _prepare(files: list[Path], ctx: LoadContext) -> None:
 
 
 def _convert(record: Record, ctx: LoadContext) -> Task:
-    question = str(record.require("question"))
-    answer = record.require("answer-text", "answer_text", "answer")
-    table_id = str(record.require("table_id"))
+    question = record.require_text("question")
+    answers = record.require_answers("answer-text", "answer_text", "answer")
+    table_id = record.require_text("table_id")
     meta: dict[str, Any] = {"table_id": table_id, "answer_node": record.get("answer-node", [])}
     corpus = None
     table = ctx.state.get("tables", {}).get(table_id)
@@ -106,13 +112,14 @@ def _convert(record: Record, ctx: LoadContext) -> Task:
         passages = ctx.state.get("passages", {})
         corpus = [_table_doc(table)]
         corpus += [_passage_doc(link, passages[link]) for link in table_links(table) if link in passages]
-        meta["supporting_titles"] = [str(table.get("title", ""))] + [
+        titles = [str(table.get("title", ""))] + [
             passage_title(str(node[2])) for node in meta["answer_node"] if len(node) > 2 and node[2]
         ]
+        meta["supporting_titles"] = list(dict.fromkeys(titles))
     return Task(
         id=str(record.require("question_id")),
         question=question,
-        answers=[str(answer)],
+        answers=answers,
         dataset="ottqa",
         metadata=meta,
         corpus=corpus,

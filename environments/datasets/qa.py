@@ -13,34 +13,45 @@ import hashlib
 from typing import Any
 
 from agentrl.types import Task
-from environments.datasets.base import LoadContext, LoaderSpec, Record, RecordError, register_loader
+from environments.datasets.base import LoadContext, LoaderSpec, Record, register_loader
+
+
+def _pairs(value: Any, record: Record, field: str, keys: tuple[str, str]) -> list[tuple[Any, Any]]:
+    """The (first, second) pairs of a field given as [[a, b], ...] (official layout) or {keys[0]: [a, ...],
+    keys[1]: [b, ...]} (Hugging Face layout); a RecordError naming the field and index otherwise."""
+    if isinstance(value, dict):
+        firsts, seconds = value.get(keys[0]), value.get(keys[1])
+        if not isinstance(firsts, list) or not isinstance(seconds, list) or len(firsts) != len(seconds):
+            raise record.error(field, f"must hold two lists of equal length, {keys[0]!r} and {keys[1]!r}")
+        return list(zip(firsts, seconds, strict=True))
+    if not isinstance(value, list):
+        raise record.error(field, f"must be [[{keys[0]}, {keys[1]}], ...] or {{{keys[0]}, {keys[1]}}}")
+    for i, item in enumerate(value):
+        if not isinstance(item, list | tuple) or len(item) != 2:
+            raise record.error(f"{field}[{i}]", f"must be a pair [{keys[0]}, {keys[1]}], got {item!r:.80}")
+    return [(a, b) for a, b in value]
 
 
 def _paragraphs(context: Any, record: Record) -> list[tuple[str, list[str]]]:
-    if isinstance(context, dict):
-        titles, sentences = context.get("title", []), context.get("sentences", [])
-        return [(str(t), list(s)) for t, s in zip(titles, sentences, strict=False)]
-    if isinstance(context, list):
-        try:
-            return [(str(t), list(s)) for t, s in context]
-        except (TypeError, ValueError):
-            pass
-    raise RecordError(
-        f"{record.where()}: field 'context' is neither [[title, sentences]] nor {{title, sentences}}"
-    )
+    paragraphs = []
+    for i, (title, sentences) in enumerate(_pairs(context, record, "context", ("title", "sentences"))):
+        if not isinstance(sentences, list) or not all(isinstance(s, str) for s in sentences):
+            raise record.error(f"context[{i}]", "must list its sentences as strings")
+        paragraphs.append((str(title), sentences))
+    return paragraphs
 
 
-def _supporting_titles(facts: Any) -> list[str]:
-    titles = facts.get("title", []) if isinstance(facts, dict) else [f[0] for f in facts or []]
-    return list(dict.fromkeys(str(t) for t in titles))
+def _sent_id(value: Any, record: Record, field: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    raise record.error(field, f"sent_id must be an integer, got {value!r:.80}")
 
 
-def _supporting_facts(facts: Any) -> list[list[Any]]:
-    if isinstance(facts, dict):
-        return [
-            [str(t), int(s)] for t, s in zip(facts.get("title", []), facts.get("sent_id", []), strict=False)
-        ]
-    return [[str(f[0]), int(f[1])] for f in facts or []]
+def _supporting_facts(facts: Any, record: Record) -> list[list[Any]]:
+    pairs = _pairs(facts, record, "supporting_facts", ("title", "sent_id"))
+    return [[str(t), _sent_id(s, record, f"supporting_facts[{i}]")] for i, (t, s) in enumerate(pairs)]
 
 
 def _question_id(record: Record, prefix: str, question: str) -> str:
@@ -52,15 +63,15 @@ def _question_id(record: Record, prefix: str, question: str) -> str:
 
 def _multihop(dataset: str, default_corpus: bool) -> Any:
     def convert(record: Record, ctx: LoadContext) -> Task:
-        question = str(record.require("question"))
-        answer = record.require("answer")
+        question = record.require_text("question")
+        answers = record.require_answers("answer")
         task_id = _question_id(record, dataset, question)
-        facts = record.get("supporting_facts", [])
+        facts = _supporting_facts(record.get("supporting_facts", []), record)
         meta: dict[str, Any] = {
             "type": record.get("type"),
             "level": record.get("level"),
-            "supporting_titles": _supporting_titles(facts),
-            "supporting_facts": _supporting_facts(facts),
+            "supporting_titles": list(dict.fromkeys(title for title, _ in facts)),
+            "supporting_facts": facts,
         }
         meta = {k: v for k, v in meta.items() if v is not None}
         if "evidence" in record.data:
@@ -76,7 +87,6 @@ def _multihop(dataset: str, default_corpus: bool) -> Any:
                 {"id": f"{task_id}-{i}", "title": title, "text": " ".join(s.strip() for s in sentences)}
                 for i, (title, sentences) in enumerate(_paragraphs(record.data["context"], record))
             ]
-        answers = [str(a) for a in answer] if isinstance(answer, list) else [str(answer)]
         return Task(
             id=task_id, question=question, answers=answers, dataset=dataset, metadata=meta, corpus=corpus
         )
@@ -85,9 +95,8 @@ def _multihop(dataset: str, default_corpus: bool) -> Any:
 
 
 def _nq_open(record: Record, ctx: LoadContext) -> Task:
-    question = str(record.require("question"))
-    answer = record.require("answer", "answers")
-    answers = [str(a) for a in answer] if isinstance(answer, list) else [str(answer)]
+    question = record.require_text("question")
+    answers = record.require_answers("answer", "answers")
     return Task(
         id=_question_id(record, "nq", question), question=question, answers=answers, dataset="nq_open"
     )

@@ -18,23 +18,33 @@ from environments.search_env import SEARCH_SYSTEM_PROMPT
 
 
 def _answers(record: Record) -> list[str]:
-    golds = record.get("golden_answers")
-    if golds is None:
-        reward_model = record.get("reward_model") or {}
-        golds = (
-            (reward_model.get("ground_truth") or {}).get("target") if isinstance(reward_model, dict) else None
-        )
+    if record.get("golden_answers") is not None:
+        return record.require_answers("golden_answers")
+    reward_model = record.get("reward_model") or {}
+    golds = (reward_model.get("ground_truth") or {}).get("target") if isinstance(reward_model, dict) else None
     if golds is None:
         raise RecordError(f"{record.where()}: record is missing required field 'golden_answers'")
-    return [str(g) for g in golds] if isinstance(golds, list | tuple) else [str(golds)]
+    return record.answer_list("reward_model.ground_truth.target", golds)
+
+
+def _metadata(record: Record) -> dict[str, Any]:
+    raw = record.get("metadata")
+    if not isinstance(raw, str) or not raw:
+        return {}
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise record.error("metadata", f"is not valid JSON ({exc.msg})") from None
+    if not isinstance(meta, dict):
+        raise record.error("metadata", f"must hold a JSON object, got {type(meta).__name__}")
+    return meta
 
 
 def _convert(record: Record, ctx: LoadContext) -> Task:
-    question = str(record.require("question")).strip()
+    question = record.require_text("question").strip()
     extra = record.get("extra_info") or {}
     uid = record.get("id", f"{extra.get('split', 'searchr1')}_{extra.get('index', record.line)}")
-    raw_meta = record.get("metadata")
-    meta = json.loads(raw_meta) if isinstance(raw_meta, str) and raw_meta else {}
+    meta = _metadata(record)
     return Task(
         id=str(uid),
         question=question,

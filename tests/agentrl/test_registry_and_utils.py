@@ -101,3 +101,15 @@ def test_iter_jsonl_streams_objects_with_line_numbers(tmp_path: Path) -> None:
     assert next(rows) == (3, {"a": 2})
     with pytest.raises(ValueError, match=r"rows\.jsonl\.gz:4: expected a JSON object per line, got list"):
         next(rows)
+
+
+def test_iter_jsonl_names_non_utf8_lines_and_can_skip_bad_lines(tmp_path: Path) -> None:
+    from agentrl.files import iter_jsonl
+
+    path = tmp_path / "rows.jsonl"
+    path.write_bytes(b'{"a": 1}\n{"a": "caf\xe9"}\n{oops\n{"a": 4}\n')
+    with pytest.raises(ValueError, match=r"rows\.jsonl:2: not valid UTF-8"):
+        list(iter_jsonl(path))
+    bad: list[Exception] = []
+    assert list(iter_jsonl(path, on_bad_line=bad.append)) == [(1, {"a": 1}), (4, {"a": 4})]
+    assert [str(e).split(": ")[0].rsplit(":", 1)[1] for e in bad] == ["2", "3"]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +13,7 @@ import pytest
 from agentrl.types import Task
 from environments.datasets import (
     LOADERS,
+    DatasetError,
     RecordError,
     iter_tasks,
     load_tasks,
@@ -20,8 +23,9 @@ from environments.datasets import (
     write_searchr1_parquet,
 )
 from environments.datasets.math import is_plain_numeric
+from tests.conftest import requires_minilm
 
-# (loader, path under the data dir, expected task count)
+# (loader, path under the data dir, expected task count); a directory of several files is read whole
 SAMPLES = [
     ("math500", "math500/math500_test.public.jsonl", 350),
     ("aime", "aime", 21 + 21 + 42),
@@ -42,7 +46,8 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
 
 @pytest.mark.parametrize(("name", "relpath", "count"), SAMPLES)
 def test_reads_every_sample(data_dir: Path, name: str, relpath: str, count: int) -> None:
-    tasks, report = load_tasks_with_report(name, data_dir / relpath)
+    path = data_dir / relpath
+    tasks, report = load_tasks_with_report(name, path, split="all" if path.is_dir() else "test")
     assert report.tasks == report.records == len(tasks) == count
     assert report.skipped == report.filtered == 0 and str(count) in report.summary()
     assert len({t.id for t in tasks}) == count
@@ -51,8 +56,16 @@ def test_reads_every_sample(data_dir: Path, name: str, relpath: str, count: int)
         json.dumps(task.to_dict())
 
 
-def test_directory_reads_all_matching_files(data_dir: Path) -> None:
-    _, report = load_tasks_with_report("hotpotqa", data_dir / "hotpotqa")
+def test_directory_is_read_by_split(data_dir: Path) -> None:
+    with pytest.raises(DatasetError, match=r"3 data files in .*_ecm.* split 'test'.*'dev'"):
+        load_tasks("hotpotqa", data_dir / "hotpotqa")
+    for split in ("dev", "validation"):
+        _, report = load_tasks_with_report("hotpotqa", data_dir / "hotpotqa", split=split)
+        assert [Path(s).name for s in report.sources] == ["hotpotqa_dev_distractor.public.jsonl"]
+        assert report.tasks == 770
+    _, report = load_tasks_with_report("hotpotqa", data_dir / "hotpotqa", split="train")
+    assert report.tasks == 70 + 350 and "hotpotqa_train_sample_ecm.public.jsonl" in report.summary()
+    _, report = load_tasks_with_report("hotpotqa", data_dir / "hotpotqa", split="all")
     assert len(report.sources) == 3 and report.tasks == 770 + 70 + 350
     _, report = load_tasks_with_report("amc", data_dir / "aime")
     assert len(report.sources) == 1 and report.tasks == 58
@@ -68,7 +81,7 @@ def test_hotpotqa_fields(data_dir: Path) -> None:
         0
     ]
     assert official.corpus and official.metadata["supporting_titles"]
-    fullwiki = load_tasks("hotpotqa", data_dir / "hotpotqa", setting="fullwiki", limit=1)[0]
+    fullwiki = load_tasks("hotpotqa", data_dir / "hotpotqa", split="dev", setting="fullwiki", limit=1)[0]
     assert fullwiki.corpus is None
     ecm = load_tasks("hotpotqa", data_dir / "hotpotqa" / "hotpotqa_train_sample_ecm.public.jsonl", limit=1)[0]
     assert ecm.id.startswith("hotpotqa-") and ecm.metadata["evidence"]
@@ -99,8 +112,55 @@ def test_serialize_table() -> None:
         "data": [[["1999", []], ["A | B", ["/wiki/A"]]]],
     }
     assert serialize_table(table) == (
-        "Section: Results\nIntro text.\n\n| Year | Winner |\n|---|---|\n| 1999 | A \\| B |"
+        "Section: Results\n| Year | Winner |\n|---|---|\n| 1999 | A \\| B |\n\nIntro text."
     )
+    assert serialize_table({"title": "T", "intro": "Only an intro."}) == "Only an intro."
+
+
+def test_serialized_table_puts_header_and_rows_before_a_long_intro() -> None:
+    table = {"title": "T", "intro": "word " * 2000, "header": [["Year", []]], "data": [[["1999", []]]]}
+    assert serialize_table(table).startswith("| Year |\n|---|\n| 1999 |\n\nword word")
+
+
+def _markdown_row(cells: list[Any]) -> str:
+    return "| " + " | ".join(str(c[0]).replace("|", "\\|").replace("\n", " ") for c in cells) + " |"
+
+
+@requires_minilm
+def test_ottqa_headers_fit_the_encoder_window(data_dir: Path) -> None:
+    """Every table's header, and the first row of nearly all, lies in the first 256 MiniLM tokens of the
+    passage the dense index encodes ("title" then the serialized table)."""
+    from tokenizers import Tokenizer
+
+    from agentrl.models import resolve_encoder_path
+
+    tokenizer = Tokenizer.from_file(
+        str(Path(resolve_encoder_path("bundled:all-minilm-l6-v2")) / "tokenizer.json")
+    )
+    tokenizer.enable_truncation(256)
+    tables = [json.loads(line) for line in (data_dir / "ottqa" / "ottqa_dev_tables.public.jsonl").open()]
+    passages = [f'"{table["title"]}"\n{serialize_table(table)}' for table in tables]
+    encoded = [e.offsets for e in tokenizer.encode_batch(passages)]
+    header_in, first_row_in = 0, 0
+    for table, passage, offsets in zip(tables, passages, encoded, strict=True):
+        window_end = max(end for _, end in offsets)
+        header, first_row = _markdown_row(table["header"]), _markdown_row(table["data"][0])
+        header_end = passage.find(header) + len(header)
+        header_in += header_end <= window_end
+        first_row_in += passage.find(first_row, header_end) + len(first_row) <= window_end
+    assert header_in == len(tables) and first_row_in >= 0.99 * len(tables)
+
+
+def test_ottqa_supporting_titles_are_unique(tmp_path: Path) -> None:
+    table = {"uid": "T_1", "title": "Tee", "header": [["Name", []]], "data": [[["Ann", ["/wiki/Ann"]]]]}
+    write_jsonl(tmp_path / "ottqa_questions.jsonl", [{
+        "question_id": "q", "question": "Who?", "table_id": "T_1", "answer-text": "Ann",
+        "answer-node": [["Ann", [0, 0], "/wiki/Ann", "passage"], ["Ann", [3, 0], "/wiki/Ann", "passage"],
+                        ["Tee", [1, 0], "/wiki/Tee", "passage"], ["Ann", [2, 0], None, "table"]],
+    }])  # fmt: skip
+    write_jsonl(tmp_path / "ottqa_tables.jsonl", [table])
+    task = load_tasks("ottqa", tmp_path / "ottqa_questions.jsonl")[0]
+    assert task.metadata["supporting_titles"] == ["Tee", "Ann"]
 
 
 def test_missing_field_names_file_line_and_field(tmp_path: Path) -> None:
@@ -111,6 +171,107 @@ def test_missing_field_names_file_line_and_field(tmp_path: Path) -> None:
     assert len(tasks) == 1 and report.skipped == 1 and "hp.jsonl:2" in report.errors[0]
     with pytest.raises(ValueError, match="on_error"):
         load_tasks("hotpotqa", path, on_error="ignore")
+
+
+GOOD = {"question": "q1", "answer": "a"}
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ({"question": "q", "answer": []}, "field 'answer' is an empty list"),
+        ({"question": "q", "answer": ""}, "field 'answer' is empty"),
+        ({"question": "q", "answer": ["A", " "]}, r"field 'answer\[1\]' is empty"),
+        ({"question": "  ", "answer": "A"}, "field 'question' is empty"),
+        ({"question": "q", "answer": {"text": "A"}}, "field 'answer' must be a string or a number, got dict"),
+        ({"question": "q", "answer": True}, "field 'answer' must be a string or a number, got bool"),
+        (
+            {"question": "q", "answer": "A", "supporting_facts": [["T", 0], ["U"]]},
+            r"field 'supporting_facts\[1\]' must be a pair \[title, sent_id\]",
+        ),
+        (
+            {"question": "q", "answer": "A", "supporting_facts": [["T", "first"]]},
+            r"field 'supporting_facts\[0\]' sent_id must be an integer, got 'first'",
+        ),
+        (
+            {"question": "q", "answer": "A", "supporting_facts": {"title": ["T", "U"], "sent_id": [0]}},
+            "field 'supporting_facts' must hold two lists of equal length",
+        ),
+        (
+            {"question": "q", "answer": "A", "context": [["T", "one sentence as a string"]]},
+            r"field 'context\[0\]' must list its sentences as strings",
+        ),
+    ],
+)
+def test_bad_fields_name_file_line_and_field(tmp_path: Path, bad: dict[str, Any], message: str) -> None:
+    path = write_jsonl(tmp_path / "hp.jsonl", [GOOD, bad, GOOD])
+    with pytest.raises(RecordError, match=rf"hp\.jsonl:2: {message}"):
+        load_tasks("hotpotqa", path)
+    tasks, report = load_tasks_with_report("hotpotqa", path, on_error="skip")
+    assert len(tasks) == 2 and report.skipped == 1 and report.errors[0].startswith(f"{path}:2: field")
+
+
+def test_answer_blank_is_not_scored_as_a_match(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "nq.jsonl", [{"question": "q", "answers": ["", "the"]}])
+    with pytest.raises(RecordError, match=r"nq\.jsonl:1: field 'answers\[0\]' is empty"):
+        load_tasks("nq_open", path)
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json", ".jsonl.gz"])
+def test_empty_file_is_an_error(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"hp{suffix}"
+    if suffix == ".jsonl.gz":
+        path.write_bytes(gzip.compress(b"\n"))
+    else:
+        path.write_text("[]" if suffix == ".json" else "\n", encoding="utf-8")
+    with pytest.raises(DatasetError, match=rf"hp{re.escape(suffix)}: the file holds no records"):
+        load_tasks("hotpotqa", path, on_error="skip")
+
+
+def test_a_load_without_tasks_is_an_error(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "hp.jsonl", [{"question": "q"}, {"question": "r", "answer": ""}])
+    with pytest.raises(DatasetError, match=r"no tasks loaded: hotpotqa: 0 tasks from 2 records .*2 skipped"):
+        load_tasks("hotpotqa", path, on_error="skip")
+    assert load_tasks("hotpotqa", write_jsonl(tmp_path / "ok.jsonl", [GOOD]), limit=0) == []
+
+
+def test_latin1_bytes_name_the_line_and_skipping_goes_on(tmp_path: Path) -> None:
+    path = tmp_path / "hp.jsonl"
+    path.write_bytes(
+        (json.dumps(GOOD) + "\n").encode()
+        + '{"question": "caf\u00e9", "answer": "a"}\n'.encode("latin-1")
+        + (json.dumps(GOOD) + "\n{not json\n" + json.dumps(GOOD) + "\n").encode()
+    )
+    with pytest.raises(RecordError, match=r"hp\.jsonl:2: not valid UTF-8"):
+        load_tasks("hotpotqa", path)
+    tasks, report = load_tasks_with_report("hotpotqa", path, on_error="skip")
+    assert (len(tasks), report.records, report.skipped) == (3, 5, 2)
+    assert [e.split(": ")[0].rsplit(":", 1)[1] for e in report.errors] == ["2", "4"]
+    json_path = tmp_path / "hp.json"
+    json_path.write_bytes(b'[\n{"question": "q", "answer": "a"},\n{"question": "caf\xe9", "answer": "a"}\n]')
+    with pytest.raises(DatasetError, match=r"hp\.json:3: not valid UTF-8"):
+        load_tasks("hotpotqa", json_path)
+
+
+def test_converter_errors_carry_file_and_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(record: Any, ctx: Any) -> Task:
+        return Task(id="x", question=record.data["question"], answers=[record.data["answer"][5]])
+
+    monkeypatch.setattr(LOADERS.get("nq_open"), "convert", broken)
+    path = write_jsonl(tmp_path / "nq.jsonl", [{"question": "q", "answer": "long answer"}, GOOD])
+    with pytest.raises(RecordError, match=r"nq\.jsonl:2: cannot read the record \(IndexError: string index"):
+        load_tasks("nq_open", path)
+    assert len(load_tasks("nq_open", path, on_error="skip")) == 1
+
+
+@pytest.mark.parametrize("suffix", [".jsonl.gz", ".json.gz"])
+def test_gzipped_files_and_directories(tmp_path: Path, suffix: str) -> None:
+    rows = [{"question": f"q{i}", "answer": "a", "id": str(i)} for i in range(3)]
+    text = json.dumps(rows) if suffix == ".json.gz" else "".join(json.dumps(r) + "\n" for r in rows)
+    path = tmp_path / f"nq_dev{suffix}"
+    path.write_bytes(gzip.compress(text.encode("utf-8")))
+    assert [t.id for t in load_tasks("nq_open", path)] == ["0", "1", "2"]
+    assert [t.id for t in load_tasks("nq_open", tmp_path)] == ["0", "1", "2"]
 
 
 def test_invalid_json_line(tmp_path: Path) -> None:

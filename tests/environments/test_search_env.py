@@ -228,22 +228,53 @@ def test_observation_token_budget() -> None:
         SearchQAEnv(max_obs_tokens=10)
 
 
-def test_task_corpus_mode_and_fallback() -> None:
-    own = Task(
-        id="own",
-        question="q",
-        answers=["Zed"],
-        corpus=[{"id": "a", "title": "Zed", "text": "Zed lives here."}],
-    )
+def _own_corpus_task(task_id: str = "own", text: str = "Zed lives here.") -> Task:
+    return Task(id=task_id, question="q", answers=["Zed"], corpus=[{"id": "a", "title": "Zed", "text": text}])
+
+
+def test_task_corpus_mode_searches_the_task_documents() -> None:
     env = gym.make("agentrl/SearchQA-v0", retriever=InMemoryRetriever(DOCS), corpus="task")
-    env.reset(options={"task": own})
+    env.reset(options={"task": _own_corpus_task()})
     obs, *_ = env.step(f"{THINK}<search>Zed</search>")
     assert obs == "<information>Doc 1 (Title: Zed) Zed lives here.</information>"
-    env.reset(options={"task": TASK})
-    obs, *_ = env.step(f"{THINK}<search>Lofo</search>")
-    assert "Vaegoia" in obs
     with pytest.raises(ValueError, match="corpus"):
         SearchQAEnv(corpus="everything")
+
+
+@pytest.mark.parametrize("retriever", [None, InMemoryRetriever(DOCS)])
+def test_task_corpus_mode_refuses_a_task_without_corpus(retriever: InMemoryRetriever | None) -> None:
+    env = gym.make("agentrl/SearchQA-v0", retriever=retriever, corpus="task")
+    with pytest.raises(ValueError, match=r"task 't1' \(dataset 'toy'\) has no corpus.*task_or_default"):
+        env.reset(options={"task": TASK})
+    with pytest.raises(ValueError, match="has no corpus"):
+        SearchQAEnv(retriever=retriever, corpus="task", tasks=[_own_corpus_task(), TASK])
+
+
+def test_task_or_default_falls_back_to_the_retriever() -> None:
+    env = gym.make("agentrl/SearchQA-v0", retriever=InMemoryRetriever(DOCS), corpus="task_or_default")
+    env.reset(options={"task": _own_corpus_task()})
+    assert "Zed lives here." in env.step(f"{THINK}<search>Zed</search>")[0]
+    env.reset(options={"task": TASK})
+    assert "Vaegoia" in env.step(f"{THINK}<search>Lofo</search>")[0]
+
+
+def test_task_index_cache_is_keyed_by_corpus_content() -> None:
+    env = gym.make("agentrl/SearchQA-v0", retriever=InMemoryRetriever(DOCS), corpus="task")
+    for text in ("Zed lives in Lofo.", "Zed lives in Muzix."):
+        env.reset(options={"task": _own_corpus_task("same-id", text)})
+        assert text in env.step(f"{THINK}<search>Zed</search>")[0]
+
+
+def test_synthetic_world_serves_only_synthetic_tasks() -> None:
+    env = gym.make("agentrl/SearchQA-v0")
+    real = Task(id="5a7f", question="Who?", answers=["A"], dataset="hotpotqa")
+    with pytest.raises(ValueError, match=r"'5a7f' comes from dataset 'hotpotqa'.*synthetic world"):
+        env.reset(options={"task": real})
+    env.reset(options={"task": Task(id="adhoc", question="Where is Lofo?", answers=["x"])})
+    with_own = gym.make("agentrl/SearchQA-v0", corpus="task_or_default")
+    with pytest.raises(ValueError, match="synthetic world"):
+        with_own.reset(options={"task": real})
+    with_own.reset(options={"task": Task(**{**_own_corpus_task().to_dict(), "dataset": "hotpotqa"})})
 
 
 def test_default_world_and_custom_task_pool() -> None:
