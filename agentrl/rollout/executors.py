@@ -64,7 +64,10 @@ def make_env(env_id: EnvSpec, env_kwargs: dict[str, Any], registration: Any = No
         import environments  # noqa: F401  (registers the agentrl ids)
     if registration is not None:
         gymnasium.registry.setdefault(registration.id, registration)
-    return gymnasium.make(env_id, **env_kwargs)
+    try:
+        return gymnasium.make(env_id, **env_kwargs)
+    except TypeError as exc:
+        raise ValueError(f"cannot make env {env_id!r} with kwargs {sorted(env_kwargs)}: {exc}") from exc
 
 
 def registration_for(env_id: EnvSpec) -> Any:

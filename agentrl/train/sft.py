@@ -74,6 +74,8 @@ def run_sft(trainer: Any) -> None:
     order = _order(len(episodes), s.steps * s.batch_size, cfg.seed)
     trainer.display.start_phase("sft", s.steps)
     for step in range(1, s.steps + 1):
+        if trainer.flag.requested:
+            raise KeyboardInterrupt  # SFT is not resumable mid-way: the run stops without saving
         rows = order[(step - 1) * s.batch_size : step * s.batch_size]
         sums = worker.forward_backward(sft_batch([episodes[i] for i in rows], pad))
         metrics = {**finalize_metrics(sums), **worker.optim_step(), **(report if step == 1 else {})}

