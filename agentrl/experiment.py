@@ -161,6 +161,8 @@ class TrainerSection:
         gradient.
     logprob_chunk_size: positions per chunk of the output-head log-prob computation.
     log_rank1: log the rank-1 fraction of each step's output-head weight change (FADE sec. 4.2).
+    share_prompts: in the training forward, run each distinct prompt of a micro-batch once and share its
+        keys/values with every episode that starts with it (same gradient, fewer tokens).
     """
 
     steps: int = 4
@@ -186,6 +188,7 @@ class TrainerSection:
     max_nonfinite_steps: int = 3
     logprob_chunk_size: int = 1024
     log_rank1: bool = False
+    share_prompts: bool = True
 
 
 @dataclass

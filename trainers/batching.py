@@ -36,6 +36,8 @@ class PolicyBatch:
         ref_logprobs: optional [B, L] reference-policy log-probs (KL penalty).
         count_mask: optional [B, L] tokens each episode's length counts under `seq_mean_token_mean` after
             token filters (`FilterResult.count_mask`; default: `loss_mask`).
+        prompt_lengths: optional [B] leading prompt tokens (episodes of one task share them, so the forward
+            can run each prompt once).
         kind: `policy` (the configured RL loss) or `sft` (negative log-likelihood of the loss tokens).
     """
 
@@ -49,6 +51,7 @@ class PolicyBatch:
     token_weights: Tensor | None = None
     ref_logprobs: Tensor | None = None
     count_mask: Tensor | None = None
+    prompt_lengths: Tensor | None = None
     kind: str = "policy"
 
     def __post_init__(self) -> None:

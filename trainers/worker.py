@@ -27,9 +27,10 @@ import torch
 
 from trainers.batching import PolicyBatch, pack_micro_batches
 from trainers.filters import FilterInputs, taxonomy_masks
-from trainers.logprobs import Processing, token_stats
+from trainers.forward import TokenWindow, policy_token_stats
+from trainers.logprobs import Processing, TokenStats
 from trainers.losses import LossConfig, policy_loss
-from trainers.model_setup import decoder_and_head, trainable_parameters
+from trainers.model_setup import trainable_parameters
 from trainers.optim import OptimConfig, build_optimizer, clip_and_check
 
 Tensor = torch.Tensor
@@ -61,6 +62,7 @@ class WorkerConfig:
     processing: the sampler's temperature / top-k / top-p, applied when recomputing log-probs.
     micro_batch_tokens: padded tokens per forward/backward.
     chunk_size: positions per chunk of the output-head statistics.
+    share_prompts: run each distinct prompt of a micro-batch once (`trainers.forward`).
     """
 
     optim: OptimConfig
@@ -68,6 +70,7 @@ class WorkerConfig:
     processing: Processing = field(default_factory=Processing)
     micro_batch_tokens: int = 8192
     chunk_size: int = 1024
+    share_prompts: bool = True
 
 
 def merge_metrics(into: dict[str, float], other: dict[str, float]) -> dict[str, float]:
@@ -114,11 +117,6 @@ def finalize_metrics(sums: dict[str, float]) -> dict[str, float]:
     return out
 
 
-def aligned(values: Tensor) -> Tensor:
-    """[B, L-1] per-prediction values -> [B, L] token-aligned (position 0, the first prompt token, gets 0)."""
-    return torch.cat([values.new_zeros(values.shape[0], 1), values], dim=1)
-
-
 class LocalPolicyWorker:
     """A policy worker in the calling process.
 
@@ -142,15 +140,13 @@ class LocalPolicyWorker:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def _stats(self, model: Any, input_ids: Tensor, attention_mask: Tensor, mask: Tensor) -> Any:
-        """Token stats [B, L-1] predicting tokens 1..L-1 where `mask[:, 1:]` (other positions 0)."""
-        body, head = decoder_and_head(model)
-        hidden = body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-        p = self.config.processing
-        return token_stats(
-            hidden[:, :-1], head.weight, input_ids[:, 1:], bias=head.bias, temperature=p.temperature,
-            top_k=p.top_k, top_p=p.top_p, chunk_size=self.config.chunk_size, mask=mask[:, 1:].bool(),
-        )  # fmt: skip
+    def _stats(
+        self, model: Any, ids: Tensor, attn: Tensor, mask: Tensor, prompt_lengths: Tensor | None
+    ) -> tuple[TokenStats, TokenWindow]:
+        c = self.config
+        return policy_token_stats(
+            model, ids, attn, mask, prompt_lengths, c.processing, c.chunk_size, c.share_prompts
+        )
 
     def _reference_context(self) -> Any:
         disable = getattr(self.model, "disable_adapter", None)
@@ -167,6 +163,7 @@ class LocalPolicyWorker:
         was_training = self.model.training
         self.model.eval()
         ids, attn, mask = batch["input_ids"], batch["attention_mask"], batch["loss_mask"]
+        plen = batch.get("prompt_lengths")
         out = {k: torch.zeros(ids.shape, dtype=torch.float32) for k in ("logprobs", "entropy", "collision")}
         if with_reference:
             out["ref_logprobs"] = torch.zeros(ids.shape, dtype=torch.float32)
@@ -174,15 +171,16 @@ class LocalPolicyWorker:
             index = torch.tensor(rows)
             width = int(attn[index].sum(-1).max())
             args = [t[index, :width].to(self.device) for t in (ids, attn, mask)]
-            stats = self._stats(self.model, *args)
+            rows_plen = None if plen is None else plen[index]
+            stats, window = self._stats(self.model, *args, rows_plen)
             for key, value in (("logprobs", stats.logprobs), ("entropy", stats.entropy),
                                ("collision", stats.collision)):  # fmt: skip
-                out[key][index, :width] = aligned(value.float()).cpu()
+                out[key][index, :width] = window.put(value.float(), width).cpu()
             if with_reference:
                 ref_model, context = self._reference_context()
                 with context:
-                    ref = self._stats(ref_model, *args)
-                out["ref_logprobs"][index, :width] = aligned(ref.logprobs.float()).cpu()
+                    ref, window = self._stats(ref_model, *args, rows_plen)
+                out["ref_logprobs"][index, :width] = window.put(ref.logprobs.float(), width).cpu()
         self.model.train(was_training)
         return out
 
@@ -203,20 +201,23 @@ class LocalPolicyWorker:
     def _micro_step(self, micro: PolicyBatch) -> dict[str, float]:
         dev = self.device
         ids, attn = micro.input_ids.to(dev), micro.attention_mask.to(dev)
-        mask = micro.loss_mask.to(dev)
-        stats = self._stats(self.model, ids, attn, mask)
-        logp, m = stats.logprobs, mask[:, 1:]
-        old = micro.old_logprobs.to(dev)[:, 1:]
+        stats, window = self._stats(self.model, ids, attn, micro.loss_mask.to(dev), micro.prompt_lengths)
+
+        def take(x: Tensor) -> Tensor:
+            return window.take(x.to(dev))
+
+        logp, m = stats.logprobs, take(micro.loss_mask)
+        old = take(micro.old_logprobs)
         if micro.kind == "sft":
             weights = micro.normalizer.token_weights(m, micro.group_ids).to(logp.dtype)
             loss = -(weights * logp * m).sum()
             info: dict[str, Tensor] = {}
         else:
             adv = micro.advantages.to(dev)
-            adv = adv[:, 1:] if adv.dim() == 2 else adv
-            tw = None if micro.token_weights is None else micro.token_weights.to(dev)[:, 1:]
-            ref = None if micro.ref_logprobs is None else micro.ref_logprobs.to(dev)[:, 1:]
-            counted = None if micro.count_mask is None else micro.count_mask.to(dev)[:, 1:]
+            adv = take(adv) if adv.dim() == 2 else adv
+            tw = None if micro.token_weights is None else take(micro.token_weights)
+            ref = None if micro.ref_logprobs is None else take(micro.ref_logprobs)
+            counted = None if micro.count_mask is None else take(micro.count_mask)
             loss, info = policy_loss(
                 self.config.loss, micro.normalizer, logp, old, adv, m, group_ids=micro.group_ids.to(dev),
                 token_weights=tw, ref_logp=ref, entropy=stats.entropy, count_mask=counted,

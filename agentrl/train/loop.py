@@ -216,6 +216,7 @@ class Trainer:
         config = WorkerConfig(
             optim=optim, loss=self.recipe.loss, processing=Processing(r.temperature, r.top_k, r.top_p),
             micro_batch_tokens=t.micro_batch_tokens, chunk_size=t.logprob_chunk_size,
+            share_prompts=t.share_prompts,
         )  # fmt: skip
         return LocalPolicyWorker(self.model, config, reference=self.reference)
 
@@ -430,7 +431,7 @@ class Trainer:
         recompute = t.epochs > 1 or t.minibatches > 1
         stats = None
         if needs_stats(preset, t.epochs, t.minibatches):
-            batch = {k: tensors[k] for k in ("input_ids", "attention_mask", "loss_mask")}
+            batch = {k: tensors[k] for k in ("input_ids", "attention_mask", "loss_mask", "prompt_lengths")}
             stats = self.worker.compute_stats(batch, with_reference=preset.loss.kl_coef != 0)
             gap = _gap(stats["logprobs"], tensors["old_logprobs"], tensors["loss_mask"])
             out.update(gap)

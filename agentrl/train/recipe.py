@@ -181,6 +181,11 @@ def _check_batches(cfg: Any, recipe: Recipe, source: str) -> None:
             f"{source}: trainer.turn_credit=per_turn gives per-token advantages, but preset "
             f"{recipe.preset.name!r} uses a sequence ratio that needs one advantage per episode"
         )
+    if r.backend != "hf":
+        raise ConfigError(
+            f"{source}: rollout.backend={r.backend}: the in-process trainer samples with the policy it "
+            "trains (rollout.backend=hf); vLLM generation needs a separate engine kept in sync with it"
+        )
     if cfg.sft.enabled and cfg.sft.source == "trajectories" and not cfg.sft.path:
         raise ConfigError(f"{source}: sft.source=trajectories needs sft.path (a trajectories JSONL file)")
     for reason in t.exclude_finish_reasons:

@@ -68,7 +68,10 @@ def run_sft(trainer: Any) -> None:
         max_grad_norm=s.max_grad_norm, weight_decay=cfg.trainer.weight_decay,
     )  # fmt: skip
     t = cfg.trainer
-    config = WorkerConfig(optim, micro_batch_tokens=t.micro_batch_tokens, chunk_size=t.logprob_chunk_size)
+    config = WorkerConfig(
+        optim, micro_batch_tokens=t.micro_batch_tokens, chunk_size=t.logprob_chunk_size,
+        share_prompts=t.share_prompts,
+    )  # fmt: skip
     worker = LocalPolicyWorker(trainer.model, config)
     pad = trainer.tokenizer.pad_token_id if trainer.tokenizer.pad_token_id is not None else 0
     order = _order(len(episodes), s.steps * s.batch_size, cfg.seed)

@@ -124,6 +124,7 @@ def policy_minibatch(
         token_weights=weights,
         ref_logprobs=ref,
         count_mask=None if filtered is None else count_mask.float(),
+        prompt_lengths=t["prompt_lengths"].index_select(0, index),
     )
     return batch, filtered
 
@@ -136,5 +137,5 @@ def sft_batch(trajectories: list[Trajectory], pad_token_id: int) -> PolicyBatch:
     return PolicyBatch(
         input_ids=t["input_ids"], attention_mask=t["attention_mask"], loss_mask=t["loss_mask"],
         old_logprobs=torch.zeros_like(t["loss_mask"]), advantages=torch.zeros(n), group_ids=t["group_ids"],
-        normalizer=normalizer, kind="sft",
+        normalizer=normalizer, prompt_lengths=t["prompt_lengths"], kind="sft",
     )  # fmt: skip

@@ -91,7 +91,7 @@ def test_every_preset_trains_with_gradient_only_on_agent_tokens(name: str, mode:
         preset.loss.max_length = 32
     reference = copy.deepcopy(model).requires_grad_(False) if preset.loss.kl_coef and mode == "full" else None
     optim = OptimConfig(learning_rate=0.05, total_steps=3)
-    config = WorkerConfig(optim, loss=preset.loss, micro_batch_tokens=4096)
+    config = WorkerConfig(optim, loss=preset.loss, micro_batch_tokens=4096, share_prompts=False)
     worker = LocalPolicyWorker(model, config, reference=reference)
     episodes = with_sampler_logprobs(worker, batch_of_episodes())
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
@@ -245,3 +245,42 @@ def test_warmup_then_decay_schedules() -> None:
     assert [lr_factor(s, linear) for s in range(4)] == [1.0, 0.75, 0.5, 0.25]
     with pytest.raises(ValueError, match="lr schedule"):
         OptimConfig(learning_rate=1.0, total_steps=1, schedule="step")
+
+
+@pytest.mark.parametrize("top_p", [1.0, 0.9])
+def test_sharing_prompts_gives_the_plain_forward_values_and_gradients(top_p: float) -> None:
+    from trainers.forward import policy_token_stats
+    from trainers.logprobs import Processing
+
+    episodes = batch_of_episodes()
+    gen = torch.Generator().manual_seed(1)
+    sizes = torch.randint(3, 9, (2,), generator=gen).tolist()
+    prompts = {g: torch.randint(1, VOCAB, (n,), generator=gen).tolist() for g, n in enumerate(sizes)}
+    for e in episodes:
+        body = e.token_ids[e.prompt_length :]
+        e.token_ids = prompts[e.group_id] + body
+        e.loss_mask = [0] * len(prompts[e.group_id]) + e.loss_mask[e.prompt_length :]
+        e.turn_ids = [-1] * len(prompts[e.group_id]) + e.turn_ids[e.prompt_length :]
+        e.logprobs = [0.0] * len(e.token_ids)
+        e.prompt_length = len(prompts[e.group_id])
+    from agentrl.rollout.collate import collate
+
+    t = collate(episodes, pad_token_id=0)
+    results = []
+    for share in (False, True):
+        model = tiny()
+        stats, window = policy_token_stats(
+            model, t["input_ids"], t["attention_mask"], t["loss_mask"], t["prompt_lengths"],
+            Processing(0.8, 0, top_p), share_prompts=share,
+        )  # fmt: skip
+        width = t["input_ids"].shape[1]
+        logp = window.put(stats.logprobs, width)
+        ent = window.put(stats.entropy, width)
+        (logp.sum() + 0.1 * ent.sum()).backward()
+        grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        results.append((logp.detach(), ent.detach(), grads))
+    (lp_a, ent_a, g_a), (lp_b, ent_b, g_b) = results
+    assert torch.count_nonzero(lp_a[t["loss_mask"] == 0]) == 0
+    torch.testing.assert_close(lp_a, lp_b, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(ent_a, ent_b, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(g_a, g_b, rtol=1e-3, atol=1e-5)
