@@ -59,6 +59,10 @@ class BuildConfig:
     kind: str = "dense"
     encoder: str = "bundled:all-minilm-l6-v2"
     family: str = "auto"
+    query_prefix: str | None = None
+    passage_prefix: str | None = None
+    pooling: str | None = None
+    normalize: bool | None = None
     index_type: str = "Flat"
     max_length: int = 256
     batch_size: int = 64
@@ -99,7 +103,11 @@ def build_index(cfg: BuildConfig) -> BuildReport:
     if out.exists() and not (out / META_FILE).exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not an agentrl index; choose another --out")
     fmt = detect_format(corpus) if cfg.corpus_format == "auto" else cfg.corpus_format
-    spec = EncoderSpec.create(cfg.encoder, cfg.family, cfg.max_length, cfg.dtype) if needs_dense else None
+    spec = (
+        EncoderSpec.create(cfg.encoder, cfg.family, cfg.max_length, cfg.dtype, **encoder_overrides(cfg))
+        if needs_dense
+        else None
+    )
 
     work = out.parent / f".{out.name}.partial"
     state = _open_state(work, _fingerprint(cfg, corpus, fmt, spec), cfg.restart)
@@ -135,6 +143,7 @@ def build_index(cfg: BuildConfig) -> BuildReport:
         shards, encoded, reused = encode_shards(encoder, docs, work / SHARD_DIR, cfg, console)
         _write_faiss(cfg, shards, encoder.spec.dim, work / FAISS_FILE, console)
         meta["encoder"] = encoder.spec.to_dict()
+        meta["encoder_overrides"] = encoder_overrides(cfg)
         meta["dense"] = {"index_type": cfg.index_type, "metric": "inner_product", "file": FAISS_FILE}
     if needs_bm25:
         bm25_dir = work / BM25_DIR
@@ -155,6 +164,18 @@ def build_index(cfg: BuildConfig) -> BuildReport:
     write_json_atomic(work / META_FILE, meta)
     _move_into_place(work, out)
     return BuildReport(out, num_docs, encoded, reused, time.perf_counter() - start)
+
+
+def encoder_overrides(cfg: BuildConfig) -> dict[str, Any]:
+    """The encoder conventions set explicitly (`--query-prefix`, `--passage-prefix`, `--pooling`,
+    `--normalize`), which replace the family's; recorded in `meta.json` beside the resolved spec."""
+    chosen = {
+        "query_prefix": cfg.query_prefix,
+        "passage_prefix": cfg.passage_prefix,
+        "pooling": cfg.pooling,
+        "normalize": cfg.normalize,
+    }
+    return {name: value for name, value in chosen.items() if value is not None}
 
 
 def _fingerprint(cfg: BuildConfig, corpus: Path, fmt: str, spec: EncoderSpec | None) -> dict[str, Any]:

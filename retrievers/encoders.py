@@ -18,7 +18,8 @@ import numpy as np
 
 from agentrl.registry import Registry
 
-POOLING_MODES = ("mean", "cls", "model")
+POOLING_MODES = ("mean", "cls", "lasttoken", "model")
+E5_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
 
 
 @dataclass(frozen=True)
@@ -26,10 +27,13 @@ class EncoderFamily:
     """How one family of models must be called.
 
     Attributes:
-        name: registry name (`e5`, `bge-m3`, `bge`, `sentence-transformers`).
-        query_prefix: prepended to every query ("query: " for E5, an instruction for bge v1.5).
+        name: registry name (`e5`, `e5-instruct`, `e5-mistral`, `bge-m3`, `bge`, `bge-zh`,
+            `sentence-transformers`).
+        query_prefix: prepended to every query ("query: " for E5, an instruction for bge v1.5 and the
+            instruction-tuned E5 models).
         passage_prefix: prepended to every passage ("passage: " for E5).
-        pooling: `mean` or `cls` to force that pooling, `model` to keep the model's own pooling module.
+        pooling: `mean`, `cls` or `lasttoken` to force that pooling (`lasttoken`: the state of the last
+            non-padding token), `model` to keep the model's own pooling module.
         normalize: L2-normalize the pooled vectors (inner product then equals cosine similarity).
         pattern: regex over the lowercased model spec that selects this family when `--family auto`.
     """
@@ -47,6 +51,8 @@ class EncoderFamily:
 
 ENCODER_FAMILIES: Registry[EncoderFamily] = Registry("encoder family")
 
+_E5_INSTRUCT_QUERY = f"Instruct: {E5_INSTRUCTION}\nQuery: "
+
 # Ordered from most to least specific: `infer_family` takes the first match.
 _FAMILIES = (
     EncoderFamily("bge-m3", "", "", "cls", True, r"bge-m3"),
@@ -56,8 +62,18 @@ _FAMILIES = (
         "",
         "cls",
         True,
-        r"(^|[/_-])bge-(small|base|large)-(en|zh)",
+        r"(^|[/_-])bge-(small|base|large)-en",
     ),
+    EncoderFamily(
+        "bge-zh",
+        "为这个句子生成表示以用于检索相关文章：",
+        "",
+        "cls",
+        True,
+        r"(^|[/_-])bge-(small|base|large)-zh",
+    ),
+    EncoderFamily("e5-mistral", _E5_INSTRUCT_QUERY, "", "lasttoken", True, r"(^|[/_-])e5-mistral"),
+    EncoderFamily("e5-instruct", _E5_INSTRUCT_QUERY, "", "mean", True, r"(^|[/_-])e5([/_-].*)?-instruct"),
     EncoderFamily("e5", "query: ", "passage: ", "mean", True, r"(^|[/_-])e5([/_-]|$)"),
     EncoderFamily("sentence-transformers", "", "", "model", True, ""),
 )

@@ -17,8 +17,10 @@ app = typer.Typer(
 
 _FAMILY_HELP = (
     "Encoder family, which fixes prefixes, pooling and normalization: auto (inferred from the model name), "
-    "e5 ('query: '/'passage: ', mean pooling), bge-m3 (CLS, no instruction), bge (v1.5 English: CLS, query "
-    "instruction), sentence-transformers (the model's own pooling)."
+    "e5 ('query: '/'passage: ', mean pooling), e5-instruct (multilingual-e5-*-instruct: 'Instruct: ...\\n"
+    "Query: ' on queries, mean), e5-mistral ('Instruct: ...\\nQuery: ', last-token pooling), bge-m3 (CLS, "
+    "no instruction), bge (v1.5 English: CLS, English query instruction), bge-zh (v1.5 Chinese: CLS, Chinese "
+    "query instruction), sentence-transformers (the model's own pooling)."
 )
 
 
@@ -56,6 +58,23 @@ def build(
         ),
     ] = None,
     family: Annotated[str | None, typer.Option(help=_FAMILY_HELP)] = None,
+    query_prefix: Annotated[
+        str | None, typer.Option(help="Text put before every query, replacing the family's (recorded).")
+    ] = None,
+    passage_prefix: Annotated[
+        str | None, typer.Option(help="Text put before every passage, replacing the family's (recorded).")
+    ] = None,
+    pooling: Annotated[
+        str | None,
+        typer.Option(help="mean, cls, lasttoken or model (the model's own), replacing the family's pooling."),
+    ] = None,
+    normalize: Annotated[
+        bool | None,
+        typer.Option(
+            "--normalize/--no-normalize",
+            help="L2-normalize vectors (inner product = cosine), replacing the family's choice.",
+        ),
+    ] = None,
     index_type: Annotated[
         str | None,
         typer.Option(
@@ -97,6 +116,10 @@ def build(
             "kind": kind,
             "encoder": encoder,
             "family": family,
+            "query_prefix": query_prefix,
+            "passage_prefix": passage_prefix,
+            "pooling": pooling,
+            "normalize": normalize,
             "index_type": index_type,
             "batch_size": batch_size,
             "max_length": max_length,
