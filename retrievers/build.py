@@ -98,6 +98,7 @@ def build_index(cfg: BuildConfig) -> BuildReport:
     corpus = Path(cfg.corpus)
     if not corpus.exists():
         raise FileNotFoundError(f"corpus {corpus} does not exist")
+    _check_out_path(out)
     if (out / META_FILE).exists() and not cfg.overwrite:
         raise FileExistsError(f"{out} already holds a finished index; pass --overwrite to replace it")
     if out.exists() and not (out / META_FILE).exists() and any(out.iterdir()):
@@ -190,25 +191,54 @@ def _fingerprint(cfg: BuildConfig, corpus: Path, fmt: str, spec: EncoderSpec | N
     }
 
 
+def _check_out_path(out: Path) -> None:
+    """`--out` must name a directory (existing or not) whose nearest existing ancestor is a directory."""
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file; pass the path of a directory for the index")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise FileExistsError(f"--out {out}: {parent} is a file, not a directory")
+            return
+
+
 def _open_state(work: Path, fingerprint: dict[str, Any], restart: bool) -> dict[str, Any]:
+    """The state of the partial build in `work`, resumed when its settings match `fingerprint`.
+
+    A partial build with other settings is refused only when it holds finished embedding shards, the one
+    thing worth keeping; one that stopped earlier (say at a bad corpus line, since fixed) is started over.
+    """
     path = work / STATE_FILE
     if restart and work.exists():
         shutil.rmtree(work)
-    if path.exists():
-        state = json.loads(path.read_text(encoding="utf-8"))
-        if state.get("fingerprint") != fingerprint:
-            changed = sorted(k for k in fingerprint if state.get("fingerprint", {}).get(k) != fingerprint[k])
-            raise ValueError(
-                f"an unfinished build in {work} used different settings ({', '.join(changed)}); "
-                "rerun with the same settings to resume it, or pass --restart to discard it"
-            )
+    state = _read_state(path)
+    if state is not None and state.get("fingerprint") == fingerprint:
         return state
+    if state is not None and _finished_shards(work):
+        changed = sorted(k for k in fingerprint if state.get("fingerprint", {}).get(k) != fingerprint[k])
+        raise ValueError(
+            f"an unfinished build in {work} used different settings ({', '.join(changed)}); "
+            "rerun with the same settings to resume it, or pass --restart to discard it"
+        )
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
     state = {"fingerprint": fingerprint, "docs_done": False}
     write_json_atomic(path, state)
     return state
+
+
+def _finished_shards(work: Path) -> list[Path]:
+    return sorted((work / SHARD_DIR).glob("shard-*.npy"))
+
+
+def _read_state(path: Path) -> dict[str, Any] | None:
+    """A partial build's `build.json`; None when it is missing or was cut short."""
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return state if isinstance(state, dict) else None
 
 
 def shard_path(shard_dir: Path, index: int) -> Path:
