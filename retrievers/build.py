@@ -114,18 +114,8 @@ def build_index(cfg: BuildConfig) -> BuildReport:
     state = _open_state(work, _fingerprint(cfg, corpus, fmt, spec), cfg.restart)
     console = _console()
     if not state.get("docs_done"):
-        writer = DocStoreWriter(work / DOCS_FILE)
-        with make_progress(console=console, enabled=cfg.progress) as bar:
-            task = bar.add_task("reading corpus", total=None)
-            for doc in read_corpus(corpus, fmt):
-                writer.add(doc)
-                if writer.count % 1000 == 0:
-                    bar.update(task, completed=writer.count)
-            bar.update(task, completed=writer.count)
-        writer.close()
-        if writer.count == 0:
-            raise ValueError(f"corpus {corpus} holds no documents")
-        state.update(docs_done=True, num_docs=writer.count)
+        count = store_corpus(corpus, fmt, work / DOCS_FILE, console, cfg.progress)
+        state.update(docs_done=True, num_docs=count)
         write_json_atomic(work / STATE_FILE, state)
     num_docs = int(state["num_docs"])
     docs = DocStore(work / DOCS_FILE)
@@ -167,9 +157,25 @@ def build_index(cfg: BuildConfig) -> BuildReport:
     return BuildReport(out, num_docs, encoded, reused, time.perf_counter() - start)
 
 
-def encoder_overrides(cfg: BuildConfig) -> dict[str, Any]:
-    """The encoder conventions set explicitly (`--query-prefix`, `--passage-prefix`, `--pooling`,
-    `--normalize`), which replace the family's; recorded in `meta.json` beside the resolved spec."""
+def store_corpus(corpus: Path, fmt: str, target: Path, console: Any, progress: bool = True) -> int:
+    """Stream the documents of `corpus` into a new document store at `target`; returns how many."""
+    writer = DocStoreWriter(target)
+    with make_progress(console=console, enabled=progress) as bar:
+        task = bar.add_task("reading corpus", total=None)
+        for doc in read_corpus(corpus, fmt):
+            writer.add(doc)
+            if writer.count % 1000 == 0:
+                bar.update(task, completed=writer.count)
+        bar.update(task, completed=writer.count)
+    writer.close()
+    if writer.count == 0:
+        raise ValueError(f"corpus {corpus} holds no documents")
+    return writer.count
+
+
+def encoder_overrides(cfg: Any) -> dict[str, Any]:
+    """The encoder conventions a build or import config sets explicitly (`--query-prefix`,
+    `--passage-prefix`, `--pooling`, `--normalize`), which replace the family's; recorded in `meta.json`."""
     chosen = {
         "query_prefix": cfg.query_prefix,
         "passage_prefix": cfg.passage_prefix,
