@@ -240,3 +240,25 @@ def resolve_minilm() -> str:
     from agentrl.models import resolve_encoder_path
 
     return resolve_encoder_path(MINILM)
+
+
+@requires_minilm
+def test_passages_are_batched_by_exact_token_count() -> None:
+    """Digits cost a token per 2 characters, "hello " one per 6: character order would pair unlike lengths."""
+    from retrievers.encoders import Encoder
+
+    texts = ["7 " * 30, "hello " * 20, "7 " * 25, "hello " * 3]
+    encoder = Encoder.from_spec(EncoderSpec.create(MINILM, max_length=64, dtype="float32"), "cpu")
+    assert encoder.token_lengths(texts).tolist() == [32, 22, 27, 5]
+    shapes: list[tuple[int, int]] = []
+    forward = encoder.model.forward
+
+    def spy(features, **kwargs):  # type: ignore[no-untyped-def]
+        shapes.append(tuple(features["input_ids"].shape))
+        return forward(features, **kwargs)
+
+    encoder.model.forward = spy
+    vectors = encoder.encode_passages(texts, batch_size=2)
+    assert sorted(shapes) == [(2, 22), (2, 32)]  # {32, 27} and {22, 5}; by characters: {22, 32} and {27, 5}
+    alone = np.concatenate([encoder._encode([t], 1) for t in texts])
+    assert vectors.shape == (4, 384) and np.allclose(vectors, alone, atol=1e-5)
