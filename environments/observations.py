@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 ELLIPSIS = " ..."
+OBSERVATION_FORMATS = ("agentrl", "searchr1")
 
 
 class TokenizerLike(Protocol):
@@ -29,12 +30,47 @@ def hit_fields(hit: Any) -> tuple[str, str]:
 
 
 def format_documents(hits: Sequence[Any]) -> str:
-    """Search-R1's document listing: `Doc 1 (Title: ...) text` lines."""
+    """agentrl's document listing: `Doc 1 (Title: Paris) text` lines, titles without quotes."""
     lines = []
     for i, hit in enumerate(hits, start=1):
         title, text = hit_fields(hit)
         lines.append(f"Doc {i} (Title: {title}) {text}")
     return "\n".join(lines)
+
+
+def hit_contents(hit: Any) -> str:
+    """A hit in Search-R1's `contents` form, `"Title"\ntext`: a Search-R1 dict's own `contents` verbatim."""
+    if isinstance(hit, dict):
+        if "document" in hit and isinstance(hit["document"], dict):
+            hit = hit["document"]
+        if "contents" in hit:
+            return str(hit["contents"])
+    title, text = hit_fields(hit)
+    return f'"{title}"\n{text}'
+
+
+def format_documents_searchr1(hits: Sequence[Any]) -> str:
+    """Search-R1's rendering of one search's hits, byte for byte: per hit `Doc {i}(Title: {head}) {rest}` and
+    a newline, where `head` is the first line of its contents (the quoted title) and `rest` the other lines;
+    the whole listing stripped of surrounding whitespace."""
+    parts = []
+    for i, hit in enumerate(hits, start=1):
+        head, _, rest = hit_contents(hit).partition("\n")
+        parts.append(f"Doc {i}(Title: {head}) {rest}\n")
+    return "".join(parts).strip()
+
+
+def format_hits(hits: Sequence[Any], observation_format: str = "agentrl") -> str:
+    """The listing of a search's hits in `observation_format` (`agentrl` says "No results." for none)."""
+    if observation_format == "searchr1":
+        return format_documents_searchr1(hits)
+    return format_documents(hits) if hits else "No results."
+
+
+def information_block(listing: str, observation_format: str = "agentrl") -> str:
+    """`<information>listing</information>`; Search-R1 also puts two newlines before and after it."""
+    block = wrap("information", listing)
+    return f"\n\n{block}\n\n" if observation_format == "searchr1" else block
 
 
 def truncate(

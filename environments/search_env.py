@@ -29,7 +29,13 @@ import numpy as np
 
 from agentrl.types import Task
 from environments.base import Message, StepResult, TextEnv
-from environments.observations import TokenizerLike, format_documents, truncate, wrap
+from environments.observations import (
+    OBSERVATION_FORMATS,
+    TokenizerLike,
+    format_hits,
+    information_block,
+    truncate,
+)
 from environments.parsing import clean_text, parse_turn
 from environments.rewards import (
     QA_SCORERS,
@@ -107,6 +113,10 @@ class SearchQAEnv(TextEnv):
         tasks: the task pool `reset` draws from without a task option (default: the synthetic world's
         questions). world_seed, world_entities: which synthetic world backs the defaults.
         observation_role: chat role of observations in message mode.
+        observation_format: "agentrl" (default) renders
+            `<information>Doc 1 (Title: Paris) text</information>`; "searchr1" renders exactly what
+            Search-R1's rollout loop does, `Doc 1(Title: "Paris") text` lines in an information block with
+            two newlines on each side.
     """
 
     def __init__(
@@ -128,8 +138,14 @@ class SearchQAEnv(TextEnv):
         world_entities: int = 3000,
         observation_role: str = "user",
         render_mode: str | None = None,
+        observation_format: str = "agentrl",
     ) -> None:
         super().__init__(render_mode=render_mode, observation_role=observation_role)
+        if observation_format not in OBSERVATION_FORMATS:
+            raise ValueError(
+                f"observation_format must be one of {OBSERVATION_FORMATS}, got {observation_format!r}"
+            )
+        self.observation_format = observation_format
         if corpus not in CORPUS_MODES:
             raise ValueError(f"corpus must be one of {CORPUS_MODES}, got {corpus!r}")
         self.scorer = QA_SCORERS.get(reward)
@@ -257,16 +273,17 @@ class SearchQAEnv(TextEnv):
         except Exception as exc:
             self.retrieval_errors += 1
             info["error"] = f"retriever failed: {type(exc).__name__}: {exc}"
-            return wrap("information", f"Search failed ({type(exc).__name__}); try again or answer.")
-        listing = format_documents(hits) if hits else "No results."
-        budget = (
-            None if self.max_obs_chars is None else max(0, self.max_obs_chars - len(wrap("information", "")))
-        )
+            return information_block(
+                f"Search failed ({type(exc).__name__}); try again or answer.", self.observation_format
+            )
+        listing = format_hits(hits, self.observation_format)
+        frame = len(information_block("", self.observation_format))
+        budget = None if self.max_obs_chars is None else max(0, self.max_obs_chars - frame)
         listing, obs_cut = truncate(listing, budget, self.max_obs_tokens, self.tokenizer)
         gold = self._gold_in(listing)
         self.gold_retrieved = self.gold_retrieved or bool(gold)
         info.update(gold_in_observation=gold, observation_truncated=obs_cut, num_hits=len(hits))
-        return wrap("information", listing)
+        return information_block(listing, self.observation_format)
 
     def _finish(
         self, observation: str, answer: str | None, info: dict[str, Any], terminated: bool

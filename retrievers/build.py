@@ -59,6 +59,10 @@ class BuildConfig:
     kind: str = "dense"
     encoder: str = "bundled:all-minilm-l6-v2"
     family: str = "auto"
+    query_prefix: str | None = None
+    passage_prefix: str | None = None
+    pooling: str | None = None
+    normalize: bool | None = None
     index_type: str = "Flat"
     max_length: int = 256
     batch_size: int = 64
@@ -94,29 +98,24 @@ def build_index(cfg: BuildConfig) -> BuildReport:
     corpus = Path(cfg.corpus)
     if not corpus.exists():
         raise FileNotFoundError(f"corpus {corpus} does not exist")
+    _check_out_path(out)
     if (out / META_FILE).exists() and not cfg.overwrite:
         raise FileExistsError(f"{out} already holds a finished index; pass --overwrite to replace it")
     if out.exists() and not (out / META_FILE).exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not an agentrl index; choose another --out")
     fmt = detect_format(corpus) if cfg.corpus_format == "auto" else cfg.corpus_format
-    spec = EncoderSpec.create(cfg.encoder, cfg.family, cfg.max_length, cfg.dtype) if needs_dense else None
+    spec = (
+        EncoderSpec.create(cfg.encoder, cfg.family, cfg.max_length, cfg.dtype, **encoder_overrides(cfg))
+        if needs_dense
+        else None
+    )
 
     work = out.parent / f".{out.name}.partial"
     state = _open_state(work, _fingerprint(cfg, corpus, fmt, spec), cfg.restart)
     console = _console()
     if not state.get("docs_done"):
-        writer = DocStoreWriter(work / DOCS_FILE)
-        with make_progress(console=console, enabled=cfg.progress) as bar:
-            task = bar.add_task("reading corpus", total=None)
-            for doc in read_corpus(corpus, fmt):
-                writer.add(doc)
-                if writer.count % 1000 == 0:
-                    bar.update(task, completed=writer.count)
-            bar.update(task, completed=writer.count)
-        writer.close()
-        if writer.count == 0:
-            raise ValueError(f"corpus {corpus} holds no documents")
-        state.update(docs_done=True, num_docs=writer.count)
+        count = store_corpus(corpus, fmt, work / DOCS_FILE, console, cfg.progress)
+        state.update(docs_done=True, num_docs=count)
         write_json_atomic(work / STATE_FILE, state)
     num_docs = int(state["num_docs"])
     docs = DocStore(work / DOCS_FILE)
@@ -135,6 +134,7 @@ def build_index(cfg: BuildConfig) -> BuildReport:
         shards, encoded, reused = encode_shards(encoder, docs, work / SHARD_DIR, cfg, console)
         _write_faiss(cfg, shards, encoder.spec.dim, work / FAISS_FILE, console)
         meta["encoder"] = encoder.spec.to_dict()
+        meta["encoder_overrides"] = encoder_overrides(cfg)
         meta["dense"] = {"index_type": cfg.index_type, "metric": "inner_product", "file": FAISS_FILE}
     if needs_bm25:
         bm25_dir = work / BM25_DIR
@@ -157,6 +157,34 @@ def build_index(cfg: BuildConfig) -> BuildReport:
     return BuildReport(out, num_docs, encoded, reused, time.perf_counter() - start)
 
 
+def store_corpus(corpus: Path, fmt: str, target: Path, console: Any, progress: bool = True) -> int:
+    """Stream the documents of `corpus` into a new document store at `target`; returns how many."""
+    writer = DocStoreWriter(target)
+    with make_progress(console=console, enabled=progress) as bar:
+        task = bar.add_task("reading corpus", total=None)
+        for doc in read_corpus(corpus, fmt):
+            writer.add(doc)
+            if writer.count % 1000 == 0:
+                bar.update(task, completed=writer.count)
+        bar.update(task, completed=writer.count)
+    writer.close()
+    if writer.count == 0:
+        raise ValueError(f"corpus {corpus} holds no documents")
+    return writer.count
+
+
+def encoder_overrides(cfg: Any) -> dict[str, Any]:
+    """The encoder conventions a build or import config sets explicitly (`--query-prefix`,
+    `--passage-prefix`, `--pooling`, `--normalize`), which replace the family's; recorded in `meta.json`."""
+    chosen = {
+        "query_prefix": cfg.query_prefix,
+        "passage_prefix": cfg.passage_prefix,
+        "pooling": cfg.pooling,
+        "normalize": cfg.normalize,
+    }
+    return {name: value for name, value in chosen.items() if value is not None}
+
+
 def _fingerprint(cfg: BuildConfig, corpus: Path, fmt: str, spec: EncoderSpec | None) -> dict[str, Any]:
     stat = corpus.stat()
     return {
@@ -169,25 +197,54 @@ def _fingerprint(cfg: BuildConfig, corpus: Path, fmt: str, spec: EncoderSpec | N
     }
 
 
+def _check_out_path(out: Path) -> None:
+    """`--out` must name a directory (existing or not) whose nearest existing ancestor is a directory."""
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file; pass the path of a directory for the index")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise FileExistsError(f"--out {out}: {parent} is a file, not a directory")
+            return
+
+
 def _open_state(work: Path, fingerprint: dict[str, Any], restart: bool) -> dict[str, Any]:
+    """The state of the partial build in `work`, resumed when its settings match `fingerprint`.
+
+    A partial build with other settings is refused only when it holds finished embedding shards, the one
+    thing worth keeping; one that stopped earlier (say at a bad corpus line, since fixed) is started over.
+    """
     path = work / STATE_FILE
     if restart and work.exists():
         shutil.rmtree(work)
-    if path.exists():
-        state = json.loads(path.read_text(encoding="utf-8"))
-        if state.get("fingerprint") != fingerprint:
-            changed = sorted(k for k in fingerprint if state.get("fingerprint", {}).get(k) != fingerprint[k])
-            raise ValueError(
-                f"an unfinished build in {work} used different settings ({', '.join(changed)}); "
-                "rerun with the same settings to resume it, or pass --restart to discard it"
-            )
+    state = _read_state(path)
+    if state is not None and state.get("fingerprint") == fingerprint:
         return state
+    if state is not None and _finished_shards(work):
+        changed = sorted(k for k in fingerprint if state.get("fingerprint", {}).get(k) != fingerprint[k])
+        raise ValueError(
+            f"an unfinished build in {work} used different settings ({', '.join(changed)}); "
+            "rerun with the same settings to resume it, or pass --restart to discard it"
+        )
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
     state = {"fingerprint": fingerprint, "docs_done": False}
     write_json_atomic(path, state)
     return state
+
+
+def _finished_shards(work: Path) -> list[Path]:
+    return sorted((work / SHARD_DIR).glob("shard-*.npy"))
+
+
+def _read_state(path: Path) -> dict[str, Any] | None:
+    """A partial build's `build.json`; None when it is missing or was cut short."""
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return state if isinstance(state, dict) else None
 
 
 def shard_path(shard_dir: Path, index: int) -> Path:

@@ -15,11 +15,12 @@ Bad input raises `CorpusFormatError` naming the file, line and field.
 from __future__ import annotations
 
 import csv
+import gzip
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from agentrl.files import iter_jsonl, open_text
 from agentrl.registry import Registry
@@ -84,7 +85,33 @@ def detect_format(path: Path) -> str:
 
 
 def _jsonl_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    return iter_jsonl(path, lambda line, message: CorpusFormatError(path, line, message))
+    return utf8_checked(path, iter_jsonl(path, lambda line, message: CorpusFormatError(path, line, message)))
+
+
+T = TypeVar("T")
+
+
+def utf8_checked(path: Path, items: Iterator[T]) -> Iterator[T]:
+    """`items` read from the text file `path`; bytes that are not UTF-8 raise `CorpusFormatError` naming the
+    line and column, found by scanning the raw bytes once the decoder has failed."""
+    try:
+        yield from items
+    except UnicodeDecodeError:
+        line, message = _first_non_utf8(path)
+        raise CorpusFormatError(path, line, message) from None
+
+
+def _first_non_utf8(path: Path) -> tuple[int | None, str]:
+    with gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb") as handle:
+        for line_no, raw in enumerate(handle, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                return line_no, (
+                    f"not valid UTF-8: byte 0x{raw[exc.start]:02x} at column {exc.start + 1}; "
+                    "re-encode the file as UTF-8"
+                )
+    return None, "not valid UTF-8; re-encode the file as UTF-8"
 
 
 def _field(record: dict[str, Any], name: str, path: Path, line: int, kind: type = str) -> Any:
@@ -127,6 +154,10 @@ def read_jsonl(path: Path) -> Iterator[Document]:
 
 @CORPUS_FORMATS.register("dpr", "tsv")
 def read_dpr(path: Path) -> Iterator[Document]:
+    return utf8_checked(path, _dpr_documents(path))
+
+
+def _dpr_documents(path: Path) -> Iterator[Document]:
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
     with open_text(path) as handle:
         rows = csv.reader(handle, delimiter="\t")

@@ -146,7 +146,8 @@ class DenseRetriever:
         ef_search: int | None = None,
         meta: dict[str, Any] | None = None,
     ) -> DenseRetriever:
-        """Open a dense or hybrid index directory written by `agentrl index build`."""
+        """Open a dense or hybrid index directory written by `agentrl index build` or `agentrl index import`
+        (whose FAISS file `meta.json` names, relative to the directory or absolute)."""
         import faiss
 
         index_dir = Path(index_dir)
@@ -157,7 +158,7 @@ class DenseRetriever:
             )
         spec = EncoderSpec.from_dict(meta["encoder"])
         flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
-        index = faiss.read_index(str(index_dir / FAISS_FILE), flags)
+        index = faiss.read_index(str(index_dir / meta.get("dense", {}).get("file", FAISS_FILE)), flags)
         if use_gpu:
             index = to_gpu(index)
         encoder = Encoder.from_spec(spec, device=device)

