@@ -247,15 +247,19 @@ def test_warmup_then_decay_schedules() -> None:
         OptimConfig(learning_rate=1.0, total_steps=1, schedule="step")
 
 
-@pytest.mark.parametrize("top_p", [1.0, 0.9])
-def test_sharing_prompts_gives_the_plain_forward_values_and_gradients(top_p: float) -> None:
+@pytest.mark.parametrize(
+    ("top_p", "system", "sizes"),
+    [(1.0, 0, (5, 8)), (0.9, 0, (3, 6)), (1.0, 20, (4, 7)), (1.0, 20, (0, 3))],
+    ids=["group-prompts", "top-p", "system-prompt", "prompt-equals-system-prompt"],
+)
+def test_sharing_prompts_gives_the_plain_forward_values_and_gradients(top_p, system, sizes) -> None:
     from trainers.forward import policy_token_stats
     from trainers.logprobs import Processing
 
     episodes = batch_of_episodes()
     gen = torch.Generator().manual_seed(1)
-    sizes = torch.randint(3, 9, (2,), generator=gen).tolist()
-    prompts = {g: torch.randint(1, VOCAB, (n,), generator=gen).tolist() for g, n in enumerate(sizes)}
+    shared = torch.randint(1, VOCAB, (system,), generator=gen).tolist()
+    prompts = {g: shared + torch.randint(1, VOCAB, (n,), generator=gen).tolist() for g, n in enumerate(sizes)}
     for e in episodes:
         body = e.token_ids[e.prompt_length :]
         e.token_ids = prompts[e.group_id] + body
