@@ -4,7 +4,8 @@ Setting: single-turn math (the Math-v0 arithmetic problems with WAPO's format in
 SmolLM2-135M-Instruct, 2 prompts x 4 generations x at most 48 new tokens, full fine-tuning, GRPO (no KL, one
 optimizer step per batch), fp32 on the CPU. Both run warm-up steps first; the reported time is the mean of the
 timed steps. A second line compares agentrl's update alone (chunked log-probs, global denominators) with a
-naive update that materialises the full logits, on the same batch, and reports the update's achieved FLOP/s
+naive update that materialises the full logits, on the same batch with every episode given an advantage (so
+both run every row), and reports the update's achieved FLOP/s
 (6 x params x tokens) against the GEMM peak measured here. TRL runs without gradient checkpointing (its
 default trades compute for memory a 135M model does not need).
 
@@ -63,16 +64,19 @@ def agentrl_trainer(threads: int, steps: int, out: Path):  # type: ignore[no-unt
     return trainer
 
 
-def time_agentrl(trainer, steps: int, warmup: int) -> tuple[list[float], list[float]]:  # type: ignore[no-untyped-def]
-    """(step seconds, update seconds) of the timed steps."""
-    step_s, update_s = [], []
+def time_agentrl(  # type: ignore[no-untyped-def]
+    trainer, steps: int, warmup: int
+) -> tuple[list[float], list[float], float]:
+    """(step seconds, update seconds, share of episodes with a nonzero advantage) of the timed steps."""
+    step_s, update_s, signal = [], [], []
     for step in range(1, warmup + steps + 1):
         start = time.perf_counter()
         metrics = trainer.rl_step(step)
         if step > warmup:
             step_s.append(time.perf_counter() - start)
             update_s.append(metrics["perf/update_s"])
-    return step_s, update_s
+            signal.append(metrics.get("adv/nonzero_fraction", 0.0))
+    return step_s, update_s, statistics.mean(signal)
 
 
 def time_trl(threads: int, steps: int, warmup: int, out: Path) -> list[float]:
@@ -140,7 +144,10 @@ def naive_update(trainer, repeats: int) -> tuple[float, float, float]:  # type: 
 
     sampled = trainer.sampler.sample(999, 0)
     preset = trainer.recipe.preset
-    st = step_tensors(sampled.trajectories, preset, trainer.tokenizer.pad_token_id or 0)
+    episodes = sampled.trajectories
+    for i, t in enumerate(episodes):
+        t.reward = float(i % 2)  # every group gets a signal, so every row runs in both updates
+    st = step_tensors(episodes, preset, trainer.tokenizer.pad_token_id or 0)
     batch, _ = policy_minibatch(st, list(range(st.size)), preset, st.tensors["old_logprobs"], None)
     model = trainer.model
     params = [p for p in model.parameters() if p.requires_grad]
@@ -188,7 +195,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         trainer = agentrl_trainer(args.threads, args.warmup + args.steps + 1, Path(tmp) / "agentrl")
-        ours_step, ours_update = time_agentrl(trainer, args.steps, args.warmup)
+        ours_step, ours_update, signal = time_agentrl(trainer, args.steps, args.warmup)
         update, naive, flops = naive_update(trainer, repeats=3)
         trainer.close()
         trl_step: list[float] = []
@@ -202,7 +209,10 @@ def main() -> None:
         f"setting: SmolLM2-135M, {PROMPTS} prompts x {GENERATIONS} generations x <= {NEW_TOKENS} new tokens, "
         f"GRPO, full fine-tune, fp32, {args.threads} thread(s), mean of {args.steps} steps"
     )
-    print(f"agentrl step  {ours:7.2f} s (update {statistics.mean(ours_update):.2f} s)")
+    print(
+        f"agentrl step  {ours:7.2f} s (update {statistics.mean(ours_update):.2f} s; {signal:.0%} of episodes "
+        "had a nonzero advantage: episodes without one add exactly nothing to the gradient and are not run)"
+    )
     if trl_step:
         theirs = statistics.mean(trl_step)
         ratio = ours / theirs

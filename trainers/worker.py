@@ -44,6 +44,11 @@ class PolicyWorker(Protocol):
 
     def forward_backward(self, batch: PolicyBatch) -> dict[str, float]: ...
 
+    def _zero_grads(self) -> None:
+        for p in self.params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+
     def optim_step(self) -> dict[str, float]: ...
 
     def sync_weights(self, generator: Any) -> None: ...
@@ -114,6 +119,9 @@ def finalize_metrics(sums: dict[str, float]) -> dict[str, float]:
         if key in sums:
             out[name] = sums[key]
     out["loss/nonfinite_micro_batches"] = sums.get("nonfinite", 0.0)
+    for key in ("rows_trained", "rows_skipped"):
+        if key in sums:
+            out[f"update/{key}"] = sums[key]
     return out
 
 
@@ -186,9 +194,21 @@ class LocalPolicyWorker:
 
     def forward_backward(self, batch: PolicyBatch) -> dict[str, float]:
         """Accumulate the gradient of the minibatch loss (micro-batched). A micro-batch whose loss is not
-        finite is not back-propagated and marks the step to be skipped by `optim_step`."""
+        finite is not back-propagated and marks the step to be skipped by `optim_step`.
+
+        Episodes whose advantages are all zero add exactly nothing to a policy loss without KL or entropy
+        terms, so they are not run at all (`rows_skipped`); the parameters still get their (zero) gradient, so
+        the optimizer step is the one the full batch would have given.
+        """
         self.model.train()
-        sums: dict[str, float] = {}
+        sums: dict[str, float] = {"rows_trained": 0.0, "rows_skipped": 0.0}
+        active = signal_rows(batch, self.config.loss)
+        sums["rows_skipped"] = float(batch.size - len(active))
+        if not active:
+            self._zero_grads()
+            return sums
+        batch = batch.select(active) if len(active) < batch.size else batch
+        sums["rows_trained"] = float(batch.size)
         for index, rows in enumerate(pack_micro_batches(batch.lengths, self.config.micro_batch_tokens)):
             micro = batch.select(rows)
             metrics = self._micro_step(micro)
@@ -237,6 +257,11 @@ class LocalPolicyWorker:
         metrics["loss"] = float(loss.detach())
         return metrics
 
+    def _zero_grads(self) -> None:
+        for p in self.params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+
     def optim_step(self) -> dict[str, float]:
         """Clip and apply the accumulated gradient; a NaN/inf loss or gradient skips the update instead."""
         norm, finite = clip_and_check(self.params, self.config.optim.max_grad_norm)
@@ -275,6 +300,16 @@ class LocalPolicyWorker:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.steps = int(state["steps"])
+
+
+def signal_rows(batch: PolicyBatch, loss: LossConfig) -> list[int]:
+    """Rows whose loss can have a nonzero gradient: all rows for SFT or a loss with KL / entropy terms,
+    otherwise the rows with a nonzero advantage on some loss token."""
+    if batch.kind == "sft" or loss.kl_coef != 0 or loss.entropy_coef != 0:
+        return list(range(batch.size))
+    adv = batch.advantages
+    live = adv != 0 if adv.dim() == 1 else ((adv != 0) & batch.loss_mask.bool()).any(dim=1)
+    return live.nonzero().squeeze(1).tolist()
 
 
 def load_weights(model: Any, directory: Path) -> None:

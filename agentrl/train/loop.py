@@ -458,8 +458,7 @@ class Trainer:
                     masked.append(filtered.dropped_fraction)
                 fb = self.worker.forward_backward(batch)
                 if epoch == 0 and index == 0 and stats is None:
-                    out["logprob_gap/mean"] = fb.get("gap_sum", 0.0) / max(fb.get("tokens", 0.0), 1.0)
-                    out["logprob_gap/max"] = fb.get("gap_max", 0.0)
+                    out.update(self._first_gap(fb, tensors, rows))
                 merge_metrics(sums, fb)
                 result = self.worker.optim_step()
                 self._check_finite(step, epoch, index, fb, result)
@@ -481,6 +480,18 @@ class Trainer:
         if head_before is not None:
             out["head/rank1_fraction"] = diagnostics.rank1_fraction(head_before, self._head_weight())
         return out
+
+    def _first_gap(self, fb: dict[str, float], tensors: dict[str, Any], rows: list[int]) -> dict[str, float]:
+        """The sampler-vs-trainer gap from the first minibatch's forward (at the old weights); when that
+        minibatch trained no row (no advantage anywhere), a no-grad pass over its first group measures it."""
+        if fb.get("tokens"):
+            return {"logprob_gap/mean": fb["gap_sum"] / fb["tokens"], "logprob_gap/max": fb["gap_max"]}
+        group = tensors["group_ids"][rows[0]]
+        probe = [r for r in rows if tensors["group_ids"][r] == group]
+        keys = ("input_ids", "attention_mask", "loss_mask", "prompt_lengths")
+        batch = {k: tensors[k][probe] for k in keys}
+        stats = self.worker.compute_stats(batch)
+        return _gap(stats["logprobs"], tensors["old_logprobs"][probe], tensors["loss_mask"][probe])
 
     def _head_weight(self) -> torch.Tensor:
         from trainers.model_setup import decoder_and_head

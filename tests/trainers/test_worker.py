@@ -19,7 +19,7 @@ from trainers.losses import LossNormalizer
 from trainers.model_setup import TrainableSpec, decoder_and_head, prepare_for_training
 from trainers.optim import OptimConfig, lr_factor
 from trainers.presets import PRESETS, get_preset
-from trainers.worker import LocalPolicyWorker, WorkerConfig
+from trainers.worker import LocalPolicyWorker, WorkerConfig, signal_rows
 
 VOCAB = 200
 
@@ -108,8 +108,8 @@ def test_every_preset_trains_with_gradient_only_on_agent_tokens(name: str, mode:
         sums = worker.forward_backward(batch)
         assert sums["tokens"] > 0 and torch.isfinite(torch.tensor(sums["loss"]))
         if step == 0:
-            order = pack_micro_batches(batch.lengths, 4096)[0]
-            micro = batch.select(order)
+            trained = batch.select(signal_rows(batch, preset.loss))
+            micro = trained.select(pack_micro_batches(trained.lengths, 4096)[0])
             grad = hook.hidden.grad
             predicts_agent = torch.zeros_like(micro.loss_mask, dtype=torch.bool)
             predicts_agent[:, :-1] = micro.loss_mask[:, 1:].bool()
@@ -288,3 +288,43 @@ def test_sharing_prompts_gives_the_plain_forward_values_and_gradients(top_p, sys
     torch.testing.assert_close(lp_a, lp_b, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(ent_a, ent_b, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(g_a, g_b, rtol=1e-3, atol=1e-5)
+
+
+def test_rows_without_advantage_are_skipped_with_the_same_gradient() -> None:
+    from trainers.losses import policy_loss
+
+    preset = get_preset("grpo")
+    episodes = batch_of_episodes()
+    for e in episodes[:4]:
+        e.reward = 0.5  # group 0 ties: advantage 0 for its four episodes
+    for e in episodes:
+        e.logprobs = [-1.5 * m for m in e.loss_mask]
+    st = step_tensors(episodes, preset, 0)
+    batch, _ = policy_minibatch(st, list(range(st.size)), preset, st.tensors["old_logprobs"], None)
+    model = prepare_for_training(tiny(), TrainableSpec())
+    config = WorkerConfig(OptimConfig(1e-3, 1), loss=preset.loss, share_prompts=False)
+    worker = LocalPolicyWorker(model, config)
+    sums = worker.forward_backward(batch)
+    assert sums["rows_skipped"] == 4 and sums["rows_trained"] == 4
+    skipped = [p.grad.clone() for p in model.parameters()]
+
+    reference = prepare_for_training(tiny(), TrainableSpec())
+    logits = reference(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]
+    logp = logits.log_softmax(-1).gather(-1, batch.input_ids[:, 1:, None]).squeeze(-1)
+    loss, _ = policy_loss(
+        preset.loss, batch.normalizer, logp, batch.old_logprobs[:, 1:], batch.advantages,
+        batch.loss_mask[:, 1:], group_ids=batch.group_ids,
+    )  # fmt: skip
+    loss.backward()
+    for got, param in zip(skipped, reference.parameters(), strict=True):
+        torch.testing.assert_close(got, param.grad, rtol=1e-4, atol=1e-7)
+
+    everyone_ties = batch_of_episodes()
+    for e in everyone_ties:
+        e.reward = 1.0
+    st = step_tensors(everyone_ties, preset, 0)
+    batch, _ = policy_minibatch(st, list(range(st.size)), preset, st.tensors["old_logprobs"], None)
+    fresh = LocalPolicyWorker(prepare_for_training(tiny(), TrainableSpec()), config)
+    sums = fresh.forward_backward(batch)
+    assert sums["rows_trained"] == 0 and all(torch.count_nonzero(p.grad) == 0 for p in fresh.params)
+    assert fresh.optim_step()["optim/skipped"] == 0.0 and fresh.steps == 1
