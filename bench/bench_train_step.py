@@ -217,6 +217,12 @@ def main() -> None:
         theirs = statistics.mean(trl_step)
         ratio = ours / theirs
         print(f"TRL GRPOTrainer step {theirs:7.2f} s   ratio agentrl/TRL = {ratio:.2f}x (target <= 0.5x)")
+    if trl_step:
+        forced = ours - statistics.mean(ours_update) + update
+        print(
+            f"estimated agentrl step with every episode trained (its rollout + the update below): "
+            f"{forced:.2f} s = {forced / theirs:.2f}x TRL"
+        )
     peak = gemm_peak(args.threads)
     rate = flops / naive
     print(
