@@ -78,4 +78,7 @@ def evaluate(
 def headline(metrics: dict[str, Any], prefix: str = "eval/") -> dict[str, float]:
     """The numbers a person compares: format rate, then F1 / EM or accuracy, and reward."""
     keys = ("format_rate", "f1", "em", "accuracy", "score", "reward")
-    return {k: float(metrics[prefix + k]) for k in keys if prefix + k in metrics}
+    out = {k: float(metrics[prefix + k]) for k in keys if prefix + k in metrics}
+    if "f1" in out or "accuracy" in out:
+        out.pop("score", None)  # the env's configured score repeats F1 / accuracy
+    return out
