@@ -14,19 +14,10 @@ from agentrl.config import load_config
 from agentrl.experiment import ExperimentConfig
 from agentrl.metrics import read_metrics
 from agentrl.train.run_state import new_run_dir
-from tests.agentrl.conftest import make_tiny_model
 from tests.conftest import requires_minilm
 
 REPO = Path(__file__).resolve().parents[2]
 SMALL_WORLDS = ["env.kwargs.world_entities=40"]
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tokenizer, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("tiny-llama")
-    make_tiny_model(tokenizer).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 def quickstart_args(model_dir: Path, out: Path, *extra: str) -> list[str]:
