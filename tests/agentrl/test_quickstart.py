@@ -45,6 +45,8 @@ def test_quickstart_cli_runs_sft_then_rl_and_reports(
     rows = read_metrics(run_dir / "metrics.jsonl")
     assert [r["phase"] for r in rows] == ["eval", "sft", "sft", "eval", "rl", "eval"]
     assert [r["eval/label"] for r in rows if r["phase"] == "eval"] == ["before SFT", "after SFT", "after RL"]
+    assert [r["global_step"] for r in rows] == [0, 1, 2, 2, 3, 3]
+    assert "sft/nll" in rows[1] and "sft/optim/lr" in rows[1] and "optim/lr" in rows[4]
     sft = [json.loads(line) for line in (run_dir / "trajectories" / "sft.jsonl").open()]
     assert sft and all(t["reward"] >= 1.0 for t in sft)
     for t in sft:
