@@ -236,29 +236,35 @@ def read_question_contexts(path: Path) -> Iterator[Document]:
 
 
 def _cell(cell: Any) -> str:
-    text = cell[0] if isinstance(cell, list) and cell else cell
+    text = cell[0] if isinstance(cell, list | tuple) and cell else cell
     return str(text).replace("|", "\\|").replace("\n", " ").strip()
 
 
+def table_text(table: dict[str, Any]) -> str:
+    """An OTT-QA table as text: section title, markdown table (header, separator, rows), then the introduction
+    and section text (the table's title is the document title).
+
+    The header and rows come before the introduction, which is often longer than an encoder's window (256
+    tokens for MiniLM): placed first, it pushed the header and every cell out of what a dense index encodes.
+    """
+    lines = [f"Section: {str(table['section_title']).strip()}"] if table.get("section_title") else []
+    header = table.get("header") or []
+    if header:
+        lines += ["| " + " | ".join(_cell(c) for c in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in table.get("data") or []]
+    prose = [str(table.get(key) or "").strip() for key in ("intro", "section_text")]
+    return "\n\n".join(part for part in ("\n".join(lines), *prose) if part)
+
+
 def serialize_table(record: dict[str, Any], path: Path, line: int) -> Document:
-    """An OTT-QA table as `title`, then section title, intro, section text and a markdown table."""
+    """An OTT-QA table record as a `Document` (text from `table_text`), its fields checked first."""
     title = _field(record, "title", path, line)
-    header = _field(record, "header", path, line, list)
-    rows = _field(record, "data", path, line, list)
-    lines = []
-    for key in ("section_title", "intro", "section_text"):
-        value = record.get(key)
-        if value:
-            lines.append(str(value).strip())
-    columns = [_cell(c) for c in header]
-    lines.append("| " + " | ".join(columns) + " |")
-    lines.append("|" + "---|" * len(columns))
-    for i, row in enumerate(rows):
+    _field(record, "header", path, line, list)
+    for i, row in enumerate(_field(record, "data", path, line, list)):
         if not isinstance(row, list):
             raise CorpusFormatError(path, line, f"field 'data[{i}]' must be a list of cells")
-        lines.append("| " + " | ".join(_cell(c) for c in row) + " |")
     doc_id = record.get("uid") or record.get("table_id") or title
-    return Document(str(doc_id), title, "\n".join(lines))
+    return Document(str(doc_id), title, table_text(record))
 
 
 def wiki_link_title(link: str) -> str:

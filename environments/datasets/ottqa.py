@@ -19,6 +19,7 @@ from urllib.parse import unquote
 
 from agentrl.types import Task
 from environments.datasets.base import LoadContext, LoaderSpec, Record, read_file, register_loader
+from retrievers.corpora import table_text as serialize_table
 
 log = logging.getLogger(__name__)
 
@@ -28,27 +29,6 @@ def _cell(cell: Any) -> tuple[str, list[str]]:
         links = cell[1] if len(cell) > 1 and isinstance(cell[1], list) else []
         return str(cell[0]), [str(x) for x in links]
     return str(cell), []
-
-
-def _md(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
-def serialize_table(table: dict[str, Any]) -> str:
-    """Section title, markdown table (header, separator, rows), then the introduction, of an OTT-QA table (the
-    title is the document title).
-
-    The introduction comes last because it is often longer than an encoder's window (256 tokens for MiniLM):
-    placed first, it pushed the header and every cell out of what the dense index encodes.
-    """
-    header = [_md(_cell(c)[0]) for c in table.get("header", [])]
-    rows = [[_md(_cell(c)[0]) for c in row] for row in table.get("data", [])]
-    lines = [f"Section: {table['section_title']}"] if table.get("section_title") else []
-    if header:
-        lines += [f"| {' | '.join(header)} |", f"|{'---|' * len(header)}"]
-    lines += [f"| {' | '.join(row)} |" for row in rows]
-    intro = str(table.get("intro") or "").strip()
-    return "\n\n".join(part for part in ("\n".join(lines), intro) if part)
 
 
 def table_links(table: dict[str, Any]) -> list[str]:
