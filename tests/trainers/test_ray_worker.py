@@ -1,0 +1,123 @@
+"""The Ray worker group on 2 CPU actors (gloo): the same parameters as the in-process worker after two
+optimizer steps on the same batch, with uneven loss masks across the shards; statistics, save/load and the
+generator sync agree with it too; a dead rank fails the call with its error. One Ray instance per module."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from agentrl.train.step_batch import policy_minibatch, step_tensors
+from tests.trainers.test_worker import batch_of_episodes, tiny
+from trainers.model_setup import TrainableSpec, prepare_for_training
+from trainers.optim import OptimConfig
+from trainers.presets import get_preset
+from trainers.ray_worker import RayWorkerGroup, WorkerGroupError, choose_placement, shard_rows
+from trainers.worker import LocalPolicyWorker, WorkerConfig
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def minibatch(preset_name: str = "grpo"):
+    """A minibatch of 8 episodes (2 groups) whose loss masks differ in length row to row, so the two
+    shards hold different numbers of loss tokens."""
+    preset = get_preset(preset_name)
+    episodes = batch_of_episodes()
+    for i, e in enumerate(episodes):
+        e.logprobs = [(-1.5 - 0.1 * i) * m for m in e.loss_mask]
+    st = step_tensors(episodes, preset, 0)
+    batch, _ = policy_minibatch(st, list(range(st.size)), preset, st.tensors["old_logprobs"], None)
+    return preset, batch
+
+
+def config_for(preset, budget: int = 4096) -> WorkerConfig:
+    return WorkerConfig(OptimConfig(learning_rate=1e-2, total_steps=2, max_grad_norm=1.0), loss=preset.loss,
+                        micro_batch_tokens=budget)  # fmt: skip
+
+
+@pytest.mark.parametrize("mode", ["full", "lora"])
+def test_two_gloo_actors_match_the_local_worker_after_two_steps(ray_cluster, mode: str) -> None:
+    preset, batch = minibatch("dapo" if mode == "full" else "grpo")
+    shards = shard_rows([int(x) for x in batch.lengths.tolist()], 2)
+    tokens = [int(batch.loss_mask[rows].sum()) for rows in shards]
+    assert tokens[0] != tokens[1] and all(shards)
+    model = prepare_for_training(tiny(), TrainableSpec(mode=mode))
+    local_model = copy.deepcopy(model)
+    local = LocalPolicyWorker(local_model, config_for(preset))
+    group = RayWorkerGroup(model, config_for(preset, budget=40), num_workers=2)
+    try:
+        assert group.backend == "gloo"
+        for _ in range(2):
+            expected = local.forward_backward(batch)
+            got = group.forward_backward(batch)
+            assert got["tokens"] == expected["tokens"] and got["rows_trained"] == expected["rows_trained"]
+            assert got["loss"] == pytest.approx(expected["loss"], rel=1e-4, abs=1e-6)
+            assert group.optim_step()["optim/grad_norm"] == pytest.approx(local.optim_step()["optim/grad_norm"],
+                                                                          rel=1e-4)  # fmt: skip
+        assert group.steps == local.steps == 2
+        trained = group.trainable_state()
+        for name, param in local_model.named_parameters():
+            if param.requires_grad:
+                torch.testing.assert_close(trained[name], param.detach(), rtol=1e-4, atol=1e-5)
+        stats = group.compute_stats({k: getattr(batch, k) for k in ("input_ids", "attention_mask", "loss_mask")})
+        expected_stats = local.compute_stats({k: getattr(batch, k) for k in ("input_ids", "attention_mask",
+                                                                             "loss_mask")})  # fmt: skip
+        torch.testing.assert_close(stats["logprobs"], expected_stats["logprobs"], rtol=1e-5, atol=1e-5)
+        driver_copy = prepare_for_training(tiny(seed=3), TrainableSpec(mode=mode))
+        generator = type("Gen", (), {"model": driver_copy, "cleared": 0,
+                                     "clear_cache": lambda self: setattr(self, "cleared", self.cleared + 1)})()
+        group.sync_weights(generator)
+        assert generator.cleared == 1
+        for name, param in local_model.named_parameters():
+            if param.requires_grad:
+                torch.testing.assert_close(dict(driver_copy.named_parameters())[name], param.detach())
+    finally:
+        group.close()
+
+
+def test_save_load_round_trip_and_a_dead_rank_fails_the_step(ray_cluster, tmp_path) -> None:
+    preset, batch = minibatch()
+    group = RayWorkerGroup(prepare_for_training(tiny(), TrainableSpec()), config_for(preset), num_workers=2)
+    try:
+        group.forward_backward(batch)
+        group.optim_step()
+        group.save(tmp_path / "ckpt")
+        saved = group.trainable_state()
+        group.forward_backward(batch)
+        group.optim_step()
+        group.load(tmp_path / "ckpt")
+        assert group.steps == 1
+        for name, value in group.trainable_state().items():
+            torch.testing.assert_close(value, saved[name])
+        group.forward_backward(batch)
+        ray.kill(group.actors[1])
+        with pytest.raises(WorkerGroupError, match="rank 1 died"):
+            group.optim_step()
+        assert group.actors == []
+    finally:
+        group.close()
+    assert (tmp_path / "ckpt" / "optimizer.pt").is_file()
+
+
+def test_placement_refuses_more_workers_than_the_cluster_has() -> None:
+    assert choose_placement(2, {"CPU": 2.0}).backend == "gloo"
+    assert choose_placement(2, {"CPU": 32.0, "GPU": 4.0}).backend == "nccl"
+    with pytest.raises(ValueError, match=r"trainer.num_workers=3 needs 3 CPUs .* has 2"):
+        choose_placement(3, {"CPU": 2.0})
+    with pytest.raises(ValueError, match=r"trainer.num_workers=8 needs 8 GPUs .* has 4"):
+        choose_placement(8, {"CPU": 64.0, "GPU": 4.0})
+
+
+def test_shards_balance_tokens_and_cover_every_row_once() -> None:
+    shards = shard_rows([10, 3, 7, 7, 1], 2)
+    assert sorted(r for s in shards for r in s) == [0, 1, 2, 3, 4]
+    assert shard_rows([5], 3) == [[0], [], []]
