@@ -43,7 +43,7 @@ class WorkerGroupError(RuntimeError):
 
 @dataclass(frozen=True)
 class Placement:
-    """What each rank reserves: `gpus` (0 or 1) and `cpus`, and the process-group backend that goes with it."""
+    """What each rank reserves (`gpus`: 0 or 1, `cpus`) and the process-group backend that goes with it."""
 
     gpus: int
     cpus: int
@@ -53,7 +53,9 @@ class Placement:
         return "nccl" if self.gpus else "gloo"
 
 
-def choose_placement(num_workers: int, resources: dict[str, float], use_gpus: bool | None = None) -> Placement:
+def choose_placement(
+    num_workers: int, resources: dict[str, float], use_gpus: bool | None = None
+) -> Placement:
     """One GPU per rank when the cluster has GPUs (or `use_gpus`), one CPU per rank otherwise.
 
     Raises ValueError naming `trainer.num_workers` when the cluster cannot hold that many ranks.
@@ -176,6 +178,37 @@ class PolicyRank:
         self.worker.model.save_pretrained(directory, safe_serialization=True)
         return directory
 
+    # ----------------------------------------------------------------- weights for vLLM engines
+
+    def ipc_handles(self) -> dict[str, dict[str, Any]]:
+        """{this GPU's UUID: {name: CUDA IPC handle}} of the trainable parameters, for a colocated engine
+        on the same GPU (`agentrl.generation.vllm_worker.WeightReceiver.update_weights_from_ipc`)."""
+        from torch.multiprocessing.reductions import reduce_tensor
+
+        uuid = str(torch.cuda.get_device_properties(self.device).uuid)
+        named = trainable_parameters(self.worker.model)
+        return {uuid: {name: reduce_tensor(p.detach()) for name, p in named}}
+
+    def weight_metas(self) -> list[tuple[str, str, list[int]]]:
+        """(name, dtype, shape) of the trainable parameters, in broadcast order."""
+        named = trainable_parameters(self.worker.model)
+        return [(name, str(p.dtype).removeprefix("torch."), list(p.shape)) for name, p in named]
+
+    def open_weight_broadcast(self, host: str, port: int, world_size: int) -> None:
+        """Become rank 0 of the NCCL group separate vLLM engines join (vLLM's stateless group, outside
+        torch.distributed's global state)."""
+        from vllm.distributed.device_communicators.pynccl import PyNcclCommunicator
+        from vllm.distributed.utils import StatelessProcessGroup
+
+        group = StatelessProcessGroup.create(host=host, port=port, rank=0, world_size=world_size)
+        self._weight_group = PyNcclCommunicator(group, device=self.device)
+
+    def broadcast_weights(self) -> None:
+        """Send every trainable parameter, in `weight_metas` order, to the engines."""
+        for _, param in trainable_parameters(self.worker.model):
+            self._weight_group.broadcast(param.detach(), src=0, stream=torch.cuda.current_stream())
+        torch.cuda.synchronize()
+
     def leave(self) -> None:
         import torch.distributed as dist
 
@@ -210,6 +243,8 @@ class RayWorkerGroup:
         reference: the frozen reference model (or a callable building it) for a KL penalty with full
             fine-tuning.
         use_gpus: None picks GPUs when the cluster has any; True / False forces it.
+        gpu_share: the fraction of its GPU each rank's actor claims in Ray's accounting (0.5 when vLLM
+            engines are colocated in the same placement-group bundles).
         timeout_s: how long a collective may wait for a silent rank.
         ready_timeout_s: how long to wait for the placement group's resources.
     """
@@ -221,6 +256,7 @@ class RayWorkerGroup:
         num_workers: int,
         reference: Any = None,
         use_gpus: bool | None = None,
+        gpu_share: float = 1.0,
         timeout_s: float = 1800.0,
         ready_timeout_s: float = 120.0,
     ) -> None:
@@ -246,7 +282,7 @@ class RayWorkerGroup:
         actor = ray.remote(PolicyRank)
         self.actors = [
             actor.options(
-                num_cpus=self.placement.cpus, num_gpus=self.placement.gpus,
+                num_cpus=self.placement.cpus, num_gpus=self.placement.gpus * gpu_share,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
                     self.placement_group, placement_group_bundle_index=rank
                 ),
@@ -361,6 +397,26 @@ class RayWorkerGroup:
         if callable(clear):
             clear()
 
+    def ipc_handles(self) -> dict[str, dict[str, Any]]:
+        """Every rank's CUDA IPC handles by GPU UUID (colocated engines pick their GPU's)."""
+        merged: dict[str, dict[str, Any]] = {}
+        for part in self._each("ipc_handles", [() for _ in self.actors]):
+            merged.update(part)
+        return merged
+
+    def broadcast_address(self) -> tuple[str, int]:
+        """(rank 0's node IP, a free port there) for the weight-broadcast group."""
+        return self._call_one(0, "address")
+
+    def open_weight_broadcast(self, host: str, port: int, world_size: int) -> None:
+        self._call_one(0, "open_weight_broadcast", host, port, world_size)
+
+    def weight_metas(self) -> list[tuple[str, str, list[int]]]:
+        return self._call_one(0, "weight_metas")
+
+    def broadcast_weights(self) -> None:
+        self._call_one(0, "broadcast_weights")
+
     def save_adapter(self, directory: str | Path) -> Path:
         """Rank 0 writes the LoRA adapter only to `directory` (for engines that load adapters by path)."""
         return Path(self._call_one(0, "save_adapter", str(directory)))
@@ -405,4 +461,3 @@ def load_named_parameters(model: Any, named: dict[str, Tensor]) -> None:
     with torch.no_grad():
         for name, value in named.items():
             params[name].copy_(value.to(params[name].device, params[name].dtype))
-

@@ -44,6 +44,17 @@ def config_for(preset, budget: int = 4096) -> WorkerConfig:
                         micro_batch_tokens=budget)  # fmt: skip
 
 
+class DriverGenerator:
+    """The HF generator's part in a sync: a module of its own and a key/value cache to drop."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+        self.cleared = 0
+
+    def clear_cache(self) -> None:
+        self.cleared += 1
+
+
 @pytest.mark.parametrize("mode", ["full", "lora"])
 def test_two_gloo_actors_match_the_local_worker_after_two_steps(ray_cluster, mode: str) -> None:
     preset, batch = minibatch("dapo" if mode == "full" else "grpo")
@@ -61,20 +72,18 @@ def test_two_gloo_actors_match_the_local_worker_after_two_steps(ray_cluster, mod
             got = group.forward_backward(batch)
             assert got["tokens"] == expected["tokens"] and got["rows_trained"] == expected["rows_trained"]
             assert got["loss"] == pytest.approx(expected["loss"], rel=1e-4, abs=1e-6)
-            assert group.optim_step()["optim/grad_norm"] == pytest.approx(local.optim_step()["optim/grad_norm"],
-                                                                          rel=1e-4)  # fmt: skip
+            norm = local.optim_step()["optim/grad_norm"]
+            assert group.optim_step()["optim/grad_norm"] == pytest.approx(norm, rel=1e-4)
         assert group.steps == local.steps == 2
         trained = group.trainable_state()
         for name, param in local_model.named_parameters():
             if param.requires_grad:
                 torch.testing.assert_close(trained[name], param.detach(), rtol=1e-4, atol=1e-5)
-        stats = group.compute_stats({k: getattr(batch, k) for k in ("input_ids", "attention_mask", "loss_mask")})
-        expected_stats = local.compute_stats({k: getattr(batch, k) for k in ("input_ids", "attention_mask",
-                                                                             "loss_mask")})  # fmt: skip
+        inputs = {k: getattr(batch, k) for k in ("input_ids", "attention_mask", "loss_mask")}
+        stats, expected_stats = group.compute_stats(inputs), local.compute_stats(inputs)
         torch.testing.assert_close(stats["logprobs"], expected_stats["logprobs"], rtol=1e-5, atol=1e-5)
         driver_copy = prepare_for_training(tiny(seed=3), TrainableSpec(mode=mode))
-        generator = type("Gen", (), {"model": driver_copy, "cleared": 0,
-                                     "clear_cache": lambda self: setattr(self, "cleared", self.cleared + 1)})()
+        generator = DriverGenerator(driver_copy)
         group.sync_weights(generator)
         assert generator.cleared == 1
         for name, param in local_model.named_parameters():
