@@ -180,14 +180,12 @@ class PolicyRank:
 
     # ----------------------------------------------------------------- weights for vLLM engines
 
-    def ipc_handles(self) -> dict[str, dict[str, Any]]:
+    def ipc_handles(self) -> dict[str, dict[str, dict[str, Any]]]:
         """{this GPU's UUID: {name: CUDA IPC handle}} of the trainable parameters, for a colocated engine
         on the same GPU (`agentrl.generation.vllm_worker.WeightReceiver.update_weights_from_ipc`)."""
-        from torch.multiprocessing.reductions import reduce_tensor
-
         uuid = str(torch.cuda.get_device_properties(self.device).uuid)
         named = trainable_parameters(self.worker.model)
-        return {uuid: {name: reduce_tensor(p.detach()) for name, p in named}}
+        return {uuid: {name: cuda_ipc_handle(p.detach()) for name, p in named}}
 
     def weight_metas(self) -> list[tuple[str, str, list[int]]]:
         """(name, dtype, shape) of the trainable parameters, in broadcast order."""
@@ -214,6 +212,23 @@ class PolicyRank:
 
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def cuda_ipc_handle(tensor: Tensor) -> dict[str, Any]:
+    """A CUDA tensor's IPC handle as plain data (sizes, dtype name, handle bytes), so it crosses vLLM's RPC
+    without pickled classes or functions; `agentrl.generation.vllm_worker.open_cuda_ipc_handle` reopens it."""
+    from torch.multiprocessing.reductions import reduce_tensor
+
+    _, args = reduce_tensor(tensor)
+    (_, size, stride, offset, _, dtype, _, handle, size_bytes, offset_bytes, _, ref_handle, ref_offset,
+     event_handle, event_sync) = args  # fmt: skip
+    return {
+        "size": list(size), "stride": list(stride), "offset": int(offset),
+        "dtype": str(dtype).removeprefix("torch."), "handle": handle, "size_bytes": int(size_bytes),
+        "offset_bytes": int(offset_bytes), "ref_counter_handle": ref_handle,
+        "ref_counter_offset": int(ref_offset), "event_handle": event_handle,
+        "event_sync_required": bool(event_sync),
+    }  # fmt: skip
 
 
 def _buckets(tensors: list[Tensor], limit: int) -> list[list[Tensor]]:

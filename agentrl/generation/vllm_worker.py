@@ -7,7 +7,8 @@ RPC. The model's own `load_weights` maps the transformers names onto vLLM's fuse
 
 Two paths:
 - `update_weights_from_ipc`: a trainer on the same GPU (colocated placement) shares its parameters as CUDA IPC
-  handles keyed by the GPU's UUID; each worker opens the ones of its GPU, zero-copy.
+  handles (plain data) keyed by the GPU's UUID; each worker opens the ones of its GPU, zero-copy, on its own
+  device index (the GPU is the same, the index each process sees may differ).
 - `init_weight_broadcast` + `receive_broadcast`: a trainer on other GPUs (separate placement) broadcasts the
   tensors over an NCCL group in which it is rank 0 (vLLM's `StatelessProcessGroup` + `PyNcclCommunicator`,
   so the group stays out of torch.distributed's global state).
@@ -25,6 +26,18 @@ def device_uuid(device: torch.device | int) -> str:
     return str(torch.cuda.get_device_properties(device).uuid)
 
 
+def open_cuda_ipc_handle(handle: dict[str, Any], device_index: int) -> torch.Tensor:
+    """The tensor another process on this GPU shared (`trainers.ray_worker.cuda_ipc_handle`), zero-copy."""
+    from torch.multiprocessing.reductions import rebuild_cuda_tensor
+
+    return rebuild_cuda_tensor(
+        torch.Tensor, torch.Size(handle["size"]), tuple(handle["stride"]), handle["offset"],
+        torch.storage.TypedStorage, getattr(torch, handle["dtype"]), device_index, handle["handle"],
+        handle["size_bytes"], handle["offset_bytes"], False, handle["ref_counter_handle"],
+        handle["ref_counter_offset"], handle["event_handle"], handle["event_sync_required"],
+    )  # fmt: skip
+
+
 class WeightReceiver:
     """vLLM worker extension: weight updates from a trainer (see the module docstring)."""
 
@@ -35,11 +48,7 @@ class WeightReceiver:
         uuid = device_uuid(self.device)
         if uuid not in handles:
             raise RuntimeError(f"no trainer tensors were shared for GPU {uuid} (colocated placement)")
-        weights = []
-        for name, (rebuild, args) in handles[uuid].items():
-            args = list(args)
-            args[6] = self.device.index  # the handle names the sender's device index; open it on ours
-            weights.append((name, rebuild(*args)))
+        weights = [(name, open_cuda_ipc_handle(h, self.device.index)) for name, h in handles[uuid].items()]
         self.model_runner.model.load_weights(weights=weights)
         torch.cuda.synchronize()
 

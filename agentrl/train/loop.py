@@ -431,7 +431,8 @@ class Trainer:
             if self.eval_tasks is not None:
                 self._evaluate("after SFT")
         self.state.phase = "rl"
-        self.worker = self._rl_worker()
+        if self.worker is None or cfg.sft.enabled:  # vLLM engines keep the group they are colocated with
+            self.worker = self._rl_worker()
         if cfg.sft.enabled and not self.sft_only:
             self._save()
 

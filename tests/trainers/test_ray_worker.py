@@ -5,6 +5,7 @@ generator sync agree with it too; a dead rank fails the call with its error. One
 from __future__ import annotations
 
 import copy
+import socket
 
 import pytest
 import torch
@@ -93,28 +94,54 @@ def test_two_gloo_actors_match_the_local_worker_after_two_steps(ray_cluster, mod
         group.close()
 
 
-def test_save_load_round_trip_and_a_dead_rank_fails_the_step(ray_cluster, tmp_path) -> None:
-    preset, batch = minibatch()
-    group = RayWorkerGroup(prepare_for_training(tiny(), TrainableSpec()), config_for(preset), num_workers=2)
-    try:
-        group.forward_backward(batch)
-        group.optim_step()
-        group.save(tmp_path / "ckpt")
-        saved = group.trainable_state()
-        group.forward_backward(batch)
-        group.optim_step()
-        group.load(tmp_path / "ckpt")
-        assert group.steps == 1
-        for name, value in group.trainable_state().items():
-            torch.testing.assert_close(value, saved[name])
-        group.forward_backward(batch)
-        ray.kill(group.actors[1])
-        with pytest.raises(WorkerGroupError, match="rank 1 died"):
-            group.optim_step()
-        assert group.actors == []
-    finally:
-        group.close()
-    assert (tmp_path / "ckpt" / "optimizer.pt").is_file()
+def test_train_on_two_workers_matches_in_process_and_resumes_after_a_worker_dies(
+    ray_cluster, tiny_model_dir, tmp_path, monkeypatch
+) -> None:
+    """`agentrl train` with trainer.num_workers=2: a rank killed during step 2 fails the step with that
+    rank's error, step 1's checkpoint stays intact, `--resume auto` finishes the run, and the final weights
+    equal an in-process run's."""
+    from agentrl.train.loop import train
+    from tests.agentrl.test_train import config, final_params, quiet
+    from trainers.checkpoint import latest_checkpoint
+
+    extra = ("trainer.steps=2", "trainer.save_every=1", "trainer.learning_rate=0.01")
+    local = train(config(tiny_model_dir, tmp_path / "local", *extra), display=quiet())
+    cfg = config(tiny_model_dir, tmp_path / "ray", *extra, "trainer.num_workers=2")
+    original = RayWorkerGroup.optim_step
+
+    def dies_in_step_two(self: RayWorkerGroup) -> dict[str, float]:
+        if self.steps == 1:
+            ray.kill(self.actors[1])
+        return original(self)
+
+    monkeypatch.setattr(RayWorkerGroup, "optim_step", dies_in_step_two)
+    with pytest.raises(WorkerGroupError, match="policy worker rank 1 died"):
+        train(cfg, display=quiet())
+    run_dir = next((tmp_path / "ray").iterdir())
+    kept = latest_checkpoint(run_dir / "checkpoints")
+    assert kept is not None and kept.name == "step-000001"
+    monkeypatch.setattr(RayWorkerGroup, "optim_step", original)
+    resumed = train(cfg, resume="auto", display=quiet())
+    assert resumed.run_dir == run_dir and resumed.state.step == 2
+    expected = final_params(local.checkpoint)
+    for name, value in final_params(resumed.checkpoint).items():
+        torch.testing.assert_close(value, expected[name], rtol=1e-3, atol=1e-4)  # Adam: lr x 1e-2
+
+
+def test_bad_cluster_settings_fail_before_the_model_loads(ray_cluster, tiny_model_dir, tmp_path) -> None:
+    from agentrl.config import ConfigError
+    from agentrl.train.loop import train
+    from tests.agentrl.test_train import config, quiet
+
+    with pytest.raises(ConfigError, match=r"trainer.num_workers=3 needs 3 CPUs .* has 2"):
+        train(config(tiny_model_dir, tmp_path, "trainer.num_workers=3"), display=quiet())
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    silent = config(tiny_model_dir, tmp_path, "trainer.num_workers=2", f"ray.address=127.0.0.1:{port}")
+    with pytest.raises(ConfigError, match=rf"ray.address='127.0.0.1:{port}': nothing answers"):
+        train(silent, display=quiet())
+    assert not list(tmp_path.glob("*/checkpoints"))
 
 
 def test_placement_refuses_more_workers_than_the_cluster_has() -> None:
