@@ -153,15 +153,21 @@ class VLLMGenerator:
         )
 
     def generate(
-        self, prompt_token_ids: list[list[int]], sampling: SamplingParams | list[SamplingParams]
+        self,
+        prompt_token_ids: list[list[int]],
+        sampling: SamplingParams | list[SamplingParams],
+        positions: list[int] | None = None,
     ) -> list[Completion]:
-        """One completion per prompt. Prompt i is seeded with `seed + i`, so a group's samples differ."""
+        """One completion per prompt. Prompt i is seeded with `seed + positions[i]` (default `seed + i`), so a
+        group's samples differ; engines that each take a share of one call pass the prompts' positions in it.
+        """
         params = per_prompt(sampling, len(prompt_token_ids))
         if not prompt_token_ids:
             return []
+        where = positions if positions is not None else range(len(prompt_token_ids))
         prompts = [{"prompt_token_ids": list(p)} for p in prompt_token_ids]
         outputs = self.llm.generate(
-            prompts, [self._params(sp, i) for i, sp in enumerate(params)], use_tqdm=False,
+            prompts, [self._params(sp, i) for i, sp in zip(where, params, strict=True)], use_tqdm=False,
             lora_request=self.lora_request,
         )  # fmt: skip
         return [self._completion(o.outputs[0], sp) for o, sp in zip(outputs, params, strict=True)]

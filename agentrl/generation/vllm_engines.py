@@ -41,8 +41,10 @@ class VLLMEngine:
     def eos_ids(self) -> set[int]:
         return set(self.generator.eos_ids)
 
-    def generate(self, prompts: list[list[int]], sampling: list[SamplingParams]) -> list[Completion]:
-        return self.generator.generate(prompts, sampling)
+    def generate(
+        self, prompts: list[list[int]], sampling: list[SamplingParams], positions: list[int]
+    ) -> list[Completion]:
+        return self.generator.generate(prompts, sampling, positions)
 
     def use_adapter(self, name: str, adapter_id: int, path: str) -> None:
         self.generator.use_adapter(name, adapter_id, path)
@@ -124,7 +126,8 @@ class VLLMEngines:
     def generate(
         self, prompt_token_ids: list[list[int]], sampling: SamplingParams | list[SamplingParams]
     ) -> list[Completion]:
-        """Prompts dealt round-robin to the engines (each keeps its per-prompt seed); results in order."""
+        """Prompts dealt round-robin to the engines; prompt j is seeded with `seed + j` whichever engine
+        samples it (as in one engine); results in prompt order."""
         params = per_prompt(sampling, len(prompt_token_ids))
         if not prompt_token_ids:
             return []
@@ -133,7 +136,7 @@ class VLLMEngines:
         n = len(self.engines)
         shares = [list(range(i, len(prompt_token_ids), n)) for i in range(n)]
         calls = [
-            _invoke(e, "generate", [prompt_token_ids[j] for j in rows], [params[j] for j in rows])
+            _invoke(e, "generate", [prompt_token_ids[j] for j in rows], [params[j] for j in rows], rows)
             for e, rows in zip(self.engines, shares, strict=True)
             if rows
         ]  # fmt: skip

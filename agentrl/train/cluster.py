@@ -174,7 +174,13 @@ def connect(cfg: Any, source: str) -> bool:
 
     r = cfg.ray
     check_ray_address(r.address, r.connect_timeout, source)
-    owns = acquire_ray(r.address, r.num_cpus)
+    try:
+        owns = acquire_ray(r.address, r.num_cpus)
+    except ConnectionError as exc:
+        raise ConfigError(
+            f"{source}: ray.address={r.address!r}: no Ray cluster to join ({exc}); start one with "
+            "`ray start --head`, or leave ray.address unset to start Ray here"
+        ) from None
     try:
         resources = ray.cluster_resources()
         placement = choose_placement(cfg.trainer.num_workers, resources)

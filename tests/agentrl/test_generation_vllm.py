@@ -215,9 +215,11 @@ def test_colocated_engines_sleep_between_rollouts_and_load_full_weights_awake(fa
     assert group.engines[0].generator.llm.engine_kwargs["enable_sleep_mode"] is True
     assert log_of(group) == [("sleep", 1)] and group.asleep
     with group.awake():
-        out = group.generate([[0], [1], [2], [3]], SamplingParams(max_new_tokens=4))
+        out = group.generate([[0], [1], [2], [3]], SamplingParams(max_new_tokens=4, seed=100))
     assert [c.token_ids for c in out] == [[5, 6], [7, 2], [8, 3], [9]]
-    assert [p["prompt_token_ids"][0] for p in group.engines[1].generator.llm.calls[0][0]] == [1, 3]
+    prompts, params, _ = group.engines[1].generator.llm.calls[0]
+    assert [p["prompt_token_ids"][0] for p in prompts] == [1, 3]
+    assert [p["seed"] for p in params] == [101, 103]
     source = RecordingSource(tmp_path)
     group.update_policy(source, 1)
     assert log_of(group) == [
