@@ -68,7 +68,7 @@ def choose_placement(
                 f"trainer.num_workers={num_workers} needs {num_workers} GPUs (one per rank) but the Ray "
                 f"cluster has {gpus}; lower trainer.num_workers or add GPU nodes"
             )
-        return Placement(gpus=1, cpus=1 if cpus >= 2 * num_workers else 0)
+        return Placement(gpus=1, cpus=1 if cpus >= num_workers else 0)
     if num_workers > cpus:
         raise ValueError(
             f"trainer.num_workers={num_workers} needs {num_workers} CPUs (one per rank) but the Ray cluster "
@@ -283,8 +283,7 @@ class RayWorkerGroup:
             raise ValueError(f"trainer.num_workers must be >= 1 for a worker group, got {num_workers}")
         self.num_workers = num_workers
         self.placement = choose_placement(num_workers, ray.cluster_resources(), use_gpus)
-        bundle = {"CPU": self.placement.cpus, "GPU": self.placement.gpus}
-        bundle = {k: v for k, v in bundle.items() if v} or {"CPU": 0.001}
+        bundle = {k: v for k, v in (("CPU", self.placement.cpus), ("GPU", self.placement.gpus)) if v}
         self.placement_group = placement_group([dict(bundle) for _ in range(num_workers)], strategy="PACK")
         if not self._wait(self.placement_group.ready(), ready_timeout_s):
             ray.util.remove_placement_group(self.placement_group)
