@@ -13,7 +13,8 @@ Placement (`rollout.vllm.placement`):
 - `separate`: each engine gets `tensor_parallel_size` GPUs of its own through a placement group; full
   weights arrive by an NCCL broadcast from trainer rank 0.
 With LoRA, only the adapter moves: rank 0 writes it to `adapter_dir/v<version>` and every engine switches
-to it under the name `policy-v<version>` (never merged into the base weights).
+to it under the name `policy-v<version>` (never merged into the base weights); the previous version's
+directory is then deleted.
 
 The engine calls go through `_invoke` / `_gather`, which take Ray actor handles or plain `VLLMEngine`
 objects (the latter in tests, with a stand-in `vllm`).
@@ -22,6 +23,7 @@ objects (the latter in tests, with a stand-in `vllm`).
 from __future__ import annotations
 
 import contextlib
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -118,6 +120,7 @@ class VLLMEngines:
         self.version = 0
         self.asleep = False
         self._broadcast_ready = False
+        self._adapter: Path | None = None
         if placement == "colocated":
             self._sleep()
 
@@ -176,9 +179,12 @@ class VLLMEngines:
         broadcast from trainer rank 0.
         """
         if self.lora:
-            path = source.save_adapter(self.adapter_dir / f"v{version}")
+            path = Path(source.save_adapter(self.adapter_dir / f"v{version}"))
             name = ADAPTER_NAME.format(version=version)
             _gather([_invoke(e, "use_adapter", name, version + 1, str(path)) for e in self.engines])
+            if self._adapter is not None and self._adapter != path:
+                shutil.rmtree(self._adapter, ignore_errors=True)  # no engine samples with it any more
+            self._adapter = path
         elif self.placement == "colocated":
             was_asleep = self.asleep
             if was_asleep:

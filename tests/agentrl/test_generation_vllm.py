@@ -179,6 +179,7 @@ class RecordingSource:
 
     def save_adapter(self, directory: Path) -> Path:
         self.calls.append(("save_adapter", Path(directory).name))
+        Path(directory).mkdir(parents=True)
         return Path(directory)
 
     def ipc_handles(self) -> dict:
@@ -236,6 +237,7 @@ def test_lora_syncs_the_adapter_only_under_a_new_name_per_version(fake_vllm, tmp
     for version in (1, 2):
         group.update_policy(source, version)
     assert source.calls == [("save_adapter", "v1"), ("save_adapter", "v2")]
+    assert [p.name for p in (tmp_path / "adapters").iterdir()] == ["v2"]
     for i in range(2):
         request = group.engines[i].generator.lora_request
         assert (request.lora_name, request.lora_int_id) == ("policy-v2", 3)
