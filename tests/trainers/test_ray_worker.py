@@ -29,11 +29,15 @@ def ray_cluster():
 
 
 def minibatch(preset_name: str = "grpo"):
-    """A minibatch of 8 episodes (2 groups) whose loss masks differ in length row to row, so the two
-    shards hold different numbers of loss tokens."""
+    """A minibatch of 8 episodes (2 groups) whose loss masks differ row to row: the first group's episodes
+    keep a single loss token each, so the two shards hold very different numbers of loss tokens (11 and
+    17) while every denominator is the whole minibatch's."""
     preset = get_preset(preset_name)
     episodes = batch_of_episodes()
     for i, e in enumerate(episodes):
+        if i < 4:
+            first = e.loss_mask.index(1)
+            e.loss_mask = [int(j == first) for j in range(len(e.loss_mask))]
         e.logprobs = [(-1.5 - 0.1 * i) * m for m in e.loss_mask]
     st = step_tensors(episodes, preset, 0)
     batch, _ = policy_minibatch(st, list(range(st.size)), preset, st.tensors["old_logprobs"], None)
@@ -61,7 +65,7 @@ def test_two_gloo_actors_match_the_local_worker_after_two_steps(ray_cluster, mod
     preset, batch = minibatch("dapo" if mode == "full" else "grpo")
     shards = shard_rows([int(x) for x in batch.lengths.tolist()], 2)
     tokens = [int(batch.loss_mask[rows].sum()) for rows in shards]
-    assert tokens[0] != tokens[1] and all(shards)
+    assert tokens == [11, 17]
     model = prepare_for_training(tiny(), TrainableSpec(mode=mode))
     local_model = copy.deepcopy(model)
     local = LocalPolicyWorker(local_model, config_for(preset))
@@ -79,7 +83,9 @@ def test_two_gloo_actors_match_the_local_worker_after_two_steps(ray_cluster, mod
         trained = group.trainable_state()
         for name, param in local_model.named_parameters():
             if param.requires_grad:
-                torch.testing.assert_close(trained[name], param.detach(), rtol=1e-4, atol=1e-5)
+                # Adam divides by the gradient's own scale: float noise in LoRA's tiny A gradients (B starts
+                # at 0) reaches ~1e-5 of an update of up to lr = 1e-2
+                torch.testing.assert_close(trained[name], param.detach(), rtol=1e-3, atol=1e-4)
         inputs = {k: getattr(batch, k) for k in ("input_ids", "attention_mask", "loss_mask")}
         stats, expected_stats = group.compute_stats(inputs), local.compute_stats(inputs)
         torch.testing.assert_close(stats["logprobs"], expected_stats["logprobs"], rtol=1e-5, atol=1e-5)
@@ -87,9 +93,9 @@ def test_two_gloo_actors_match_the_local_worker_after_two_steps(ray_cluster, mod
         generator = DriverGenerator(driver_copy)
         group.sync_weights(generator)
         assert generator.cleared == 1
-        for name, param in local_model.named_parameters():
-            if param.requires_grad:
-                torch.testing.assert_close(dict(driver_copy.named_parameters())[name], param.detach())
+        synced = dict(driver_copy.named_parameters())
+        for name, value in trained.items():
+            assert torch.equal(synced[name], value), name
     finally:
         group.close()
 
