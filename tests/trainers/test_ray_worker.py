@@ -106,6 +106,7 @@ def test_train_on_two_workers_matches_in_process_and_resumes_after_a_worker_dies
     """`agentrl train` with trainer.num_workers=2: a rank killed during step 2 fails the step with that
     rank's error, step 1's checkpoint stays intact, `--resume auto` finishes the run, and the final weights
     equal an in-process run's."""
+    from agentrl.metrics import read_metrics
     from agentrl.train.loop import train
     from tests.agentrl.test_train import config, final_params, quiet
     from trainers.checkpoint import latest_checkpoint
@@ -129,6 +130,8 @@ def test_train_on_two_workers_matches_in_process_and_resumes_after_a_worker_dies
     monkeypatch.setattr(RayWorkerGroup, "optim_step", original)
     resumed = train(cfg, resume="auto", display=quiet())
     assert resumed.run_dir == run_dir and resumed.state.step == 2
+    rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if r["phase"] == "rl"]
+    assert [r["episode/policy_version_min"] for r in rows] == [0.0, 1.0]  # sampled with synced weights
     expected = final_params(local.checkpoint)
     for name, value in final_params(resumed.checkpoint).items():
         torch.testing.assert_close(value, expected[name], rtol=1e-3, atol=1e-4)  # Adam: lr x 1e-2
