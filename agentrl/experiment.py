@@ -85,13 +85,37 @@ class EnvSection:
 
 
 @dataclass
+class VLLMSection:
+    """vLLM engines (`rollout.backend: vllm`, GPU only), each a Ray actor.
+
+    num_engines: engines; each serves a share of every rollout batch.
+    tensor_parallel_size: GPUs per engine.
+    placement: `colocated` (engines share the trainer's GPUs and sleep while it trains) or `separate`
+        (engines get GPUs of their own, reserved with a Ray placement group).
+    gpu_memory_utilization: fraction of each engine GPU vLLM may take (weights, activations, KV cache).
+    enforce_eager: no CUDA graphs (slower decoding, faster start, less memory).
+    enable_prefix_caching: reuse keys/values of shared prefixes (the prompts of a group, earlier turns).
+    max_model_len: context length the engines reserve; None uses rollout.max_total_tokens.
+    """
+
+    num_engines: int = 1
+    tensor_parallel_size: int = 1
+    placement: Literal["colocated", "separate"] = "colocated"
+    gpu_memory_utilization: float = 0.5
+    enforce_eager: bool = False
+    enable_prefix_caching: bool = True
+    max_model_len: int | None = None
+
+
+@dataclass
 class RolloutSection:
     """How episodes are sampled: group size, sampling, budgets, observation mode and executor.
 
     `max_new_tokens` is per turn; `end_on_length` ends an episode whose turn hits it (otherwise the env
     answers the cut-off turn and the episode goes on); `inline_format` wraps observations in inline mode.
     `batch_size` is how many episodes the generator decodes together. `step_timeout` (seconds, None for no
-    limit) ends an episode whose env `reset` / `step` hangs, with finish reason `error`.
+    limit) ends an episode whose env `reset` / `step` hangs, with finish reason `error`. `backend: vllm`
+    samples on vLLM engines configured by `vllm` (GPU; `agentrl train` needs `trainer.num_workers` >= 1).
     """
 
     group_size: int = 4
@@ -111,6 +135,7 @@ class RolloutSection:
     batch_size: int = 32
     seed: int = 0
     step_timeout: float | None = 300.0
+    vllm: VLLMSection = field(default_factory=VLLMSection)
 
 
 @dataclass
@@ -163,6 +188,9 @@ class TrainerSection:
     log_rank1: log the rank-1 fraction of each step's output-head weight change (FADE sec. 4.2).
     share_prompts: in the training forward, run each distinct prompt of a micro-batch once and share its
         keys/values with every episode that starts with it (same gradient, fewer tokens).
+    num_workers: 0 trains in the `agentrl train` process; N >= 1 trains on N Ray actors (one GPU each when
+        the Ray cluster has GPUs, one CPU each otherwise), data-parallel over torch.distributed (nccl on GPU,
+        gloo on CPU): each minibatch's episodes are split across them and their gradients summed.
     """
 
     steps: int = 4
@@ -189,6 +217,7 @@ class TrainerSection:
     logprob_chunk_size: int = 1024
     log_rank1: bool = False
     share_prompts: bool = True
+    num_workers: int = 0
 
 
 @dataclass
@@ -245,6 +274,20 @@ class OutputSection:
 
 
 @dataclass
+class RaySection:
+    """The Ray cluster behind `trainer.num_workers` >= 1 and vLLM engines.
+
+    address: a running cluster (`auto`, `host:port` or `ray://host:port`); None starts Ray on this machine.
+    num_cpus: CPUs of a Ray started here (None: all of them).
+    connect_timeout: seconds to wait for `address` to answer before giving up.
+    """
+
+    address: str | None = None
+    num_cpus: int | None = None
+    connect_timeout: float = 10.0
+
+
+@dataclass
 class ExperimentConfig:
     """A whole run; each field is a top-level YAML section.
 
@@ -265,3 +308,4 @@ class ExperimentConfig:
     sft: SFTSection = field(default_factory=SFTSection)
     eval: EvalSection = field(default_factory=EvalSection)
     output: OutputSection = field(default_factory=OutputSection)
+    ray: RaySection = field(default_factory=RaySection)

@@ -331,6 +331,16 @@ class _RaySession:
             ray.shutdown()
 
 
+def acquire_ray(address: str | None, num_cpus: int | None) -> bool:
+    """Make sure Ray is up (see `_RaySession`); True when the caller must `release_ray()` when done."""
+    return _RaySession.acquire(address, num_cpus)
+
+
+def release_ray() -> None:
+    """Drop one user of the Ray that agentrl started; the last one shuts it down."""
+    _RaySession.release()
+
+
 @EXECUTORS.register("ray")
 class RayExecutor:
     """Steps environments on `num_workers` Ray actors; slot s lives on actor s % num_workers.

@@ -111,8 +111,26 @@ def build_generator_for(cfg: Any, model: Any = None, tokenizer: Any = None) -> A
     if cfg.rollout.backend == "vllm":
         from agentrl.models import resolve_model_path
 
-        return build_generator("vllm", model=resolve_model_path(cfg.model.name), tokenizer=tokenizer)
+        options = vllm_options(cfg)
+        return build_generator(
+            "vllm", model=resolve_model_path(cfg.model.name), tokenizer=tokenizer, **options.engine_kwargs()
+        )
     return build_generator("hf", model=model, tokenizer=tokenizer, max_batch_size=cfg.rollout.batch_size)
+
+
+def vllm_options(cfg: Any, lora: bool = False, sleep: bool = False) -> Any:
+    """`EngineOptions` of `cfg.rollout.vllm` with the trainer's dtype (so engine and trainer compute the
+    same log-probs) and a context of `rollout.max_total_tokens` unless `max_model_len` says otherwise."""
+    from agentrl.generation.vllm import EngineOptions
+
+    v = cfg.rollout.vllm
+    return EngineOptions(
+        dtype=cfg.model.dtype, gpu_memory_utilization=v.gpu_memory_utilization, enforce_eager=v.enforce_eager,
+        tensor_parallel_size=v.tensor_parallel_size, enable_prefix_caching=v.enable_prefix_caching,
+        max_model_len=v.max_model_len or cfg.rollout.max_total_tokens, enable_lora=lora,
+        max_lora_rank=max(8, 1 << (cfg.finetune.lora_r - 1).bit_length()), enable_sleep_mode=sleep,
+        seed=cfg.seed,
+    )  # fmt: skip
 
 
 def build_executor_for(cfg: Any, env_kwargs: dict[str, Any]) -> Executor:

@@ -121,7 +121,13 @@ class Trainer:
         sft_only: bool = False,
     ) -> None:
         self.cfg = cfg
+        self.source = source
         self.sft_only = sft_only
+        self._owns_ray = False
+        self.worker: Any = None
+        self.generator: Any = None
+        self.executor: Any = None
+        self.writer: Any = None
         self.recipe: Recipe = check_config(cfg, source)
         self.display = display or TrainDisplay()
         self.stop_after = stop_after
@@ -156,18 +162,33 @@ class Trainer:
         if cfg.threads is not None:
             torch.set_num_threads(cfg.threads)
         seed_everything(cfg.seed)
+        if cfg.trainer.num_workers > 0:
+            from agentrl.train.cluster import connect
+
+            self.display.note(f"connecting to Ray for {cfg.trainer.num_workers} policy workers")
+            self._owns_ray = connect(cfg, self.source)
         self.display.note(f"loading {cfg.model.name}")
         model, self.tokenizer = load_policy(cfg)
-        self.model = prepare_for_training(model, TrainableSpec.from_section(cfg.finetune))
-        counts = parameter_counts(self.model)
-        self.display.note(
-            f"training {counts['params/trainable']:,} of {counts['params/total']:,} parameters "
-            f"({cfg.finetune.mode}, layers: {cfg.finetune.train_layers})"
-        )
-        self.reference = None
-        if self.recipe.loss.kl_coef != 0 and cfg.finetune.mode == "full":
-            self.reference, _ = load_policy(cfg)
-            self.reference.requires_grad_(False)
+        spec = TrainableSpec.from_section(cfg.finetune)
+        with_reference = self.recipe.loss.kl_coef != 0 and cfg.finetune.mode == "full"
+        self.reference: Any = None
+        if model is None:  # vLLM engines load their own weights; the workers load theirs in their actors
+            from agentrl.train.cluster import TrainableModel
+
+            self.model: Any = None
+            self._model_source: Any = TrainableModel(cfg.model.name, cfg.model.dtype, spec)
+            if with_reference:
+                self.reference = TrainableModel(cfg.model.name, cfg.model.dtype, spec, reference=True)
+        else:
+            self.model = self._model_source = prepare_for_training(model, spec)
+            counts = parameter_counts(self.model)
+            self.display.note(
+                f"training {counts['params/trainable']:,} of {counts['params/total']:,} parameters "
+                f"({cfg.finetune.mode}, layers: {cfg.finetune.train_layers})"
+            )
+            if with_reference:
+                self.reference, _ = load_policy(cfg)
+                self.reference.requires_grad_(False)
         self.display.note(f"loading tasks ({cfg.data.dataset})")
         kwargs = env_kwargs_for(cfg)
         d = cfg.data
@@ -176,7 +197,15 @@ class Trainer:
             options=d.options,
         )  # fmt: skip
         self.display.note("building the environment and retriever")
-        self.generator = build_generator_for(cfg, self.model, self.tokenizer)
+        if cfg.rollout.backend == "vllm":
+            from agentrl.train.cluster import launch_vllm_engines
+
+            self.worker = self._rl_worker()
+            v = cfg.rollout.vllm
+            self.display.note(f"starting {v.num_engines} vLLM engines ({v.placement})")
+            self.generator = launch_vllm_engines(cfg, self.worker, self.run_dir / "adapters")
+        else:
+            self.generator = build_generator_for(cfg, self.model, self.tokenizer)
         self.engine, self.executor = build_engine(cfg, self.generator, self.tokenizer)
         self.loader = TaskLoader(self.tasks, cfg.seed)
         t = cfg.trainer
@@ -192,7 +221,8 @@ class Trainer:
                 e.dataset, e.path, e.num_tasks, seed=e.seed, env_id=cfg.env.id, env_kwargs=kwargs,
                 split=e.split, options=e.options,
             )  # fmt: skip
-        self.worker = self._rl_worker()
+        if self.worker is None and (self.state.phase != "sft" or cfg.trainer.num_workers == 0):
+            self.worker = self._rl_worker()  # a worker group waits for the weights SFT leaves
         self.fade = FadeState()
         wandb_project = cfg.output.wandb_project if cfg.output.wandb else None
         self.writer = MetricsWriter(
@@ -201,7 +231,10 @@ class Trainer:
         )  # fmt: skip
         self.state.wandb_id = self.writer.wandb_run_id
 
-    def _rl_worker(self) -> LocalPolicyWorker:
+    def _rl_worker(self) -> Any:
+        """The RL phase's worker: in-process, or (`trainer.num_workers` >= 1) a Ray worker group that starts
+        from the current weights of `self.model` (after SFT, when there was one). A previous group is closed
+        first."""
         cfg, t = self.cfg, self.cfg.trainer
         optim = OptimConfig(
             learning_rate=self.recipe.learning_rate,
@@ -218,13 +251,34 @@ class Trainer:
             micro_batch_tokens=t.micro_batch_tokens, chunk_size=t.logprob_chunk_size,
             share_prompts=t.share_prompts,
         )  # fmt: skip
-        return LocalPolicyWorker(self.model, config, reference=self.reference)
+        if t.num_workers == 0:
+            return LocalPolicyWorker(self.model, config, reference=self.reference)
+        from trainers.ray_worker import RayWorkerGroup
+
+        self._close_worker()
+        self.display.note(f"starting {t.num_workers} policy workers on Ray")
+        v = cfg.rollout.vllm
+        share = 0.5 if cfg.rollout.backend == "vllm" and v.placement == "colocated" else 1.0
+        return RayWorkerGroup(
+            self._model_source, config, t.num_workers, reference=self.reference, gpu_share=share
+        )
+
+    def _generating(self) -> Any:
+        """Colocated vLLM engines hold their GPU memory only while a rollout or evaluation runs."""
+        awake = getattr(self.generator, "awake", None)
+        return awake() if callable(awake) else contextlib.nullcontext()
+
+    def _close_worker(self) -> None:
+        close = getattr(self.worker, "close", None)
+        if callable(close):
+            close()
 
     def _restore(self) -> None:
         assert self.resume_from is not None
         self.display.note(f"resuming from {self.resume_from}")
         if self.state.phase != "sft":
             self.worker.load(self.resume_from)
+            self.worker.sync_weights(self.generator)
         self.loader.load_state_dict(self.state.loader)
         self.sampler.load_state_dict(self.buffer)
         if self.state.fade is not None:
@@ -238,7 +292,11 @@ class Trainer:
         cfg = self.cfg
         run_state.write_config(self.run_dir, cfg)
         self.display.note(f"run directory {self.run_dir}")
-        self.build()
+        try:
+            self.build()
+        except BaseException:
+            self.close()
+            raise
         interrupted = False
         try:
             with self.display, self.flag.installed():
@@ -273,9 +331,21 @@ class Trainer:
         return self._result(interrupted)
 
     def close(self) -> None:
-        """Flush the metrics and shut the env executor down (what `run` does on its way out)."""
-        self.writer.close()
-        self.executor.close()
+        """Flush the metrics, shut the env executor and the worker group down, release Ray (what `run` does
+        on its way out)."""
+        if self.writer is not None:
+            self.writer.close()
+        if self.executor is not None:
+            self.executor.close()
+        self._close_worker()
+        close_engines = getattr(self.generator, "close", None)
+        if callable(close_engines):
+            close_engines()
+        if self._owns_ray:
+            from agentrl.rollout.executors import release_ray
+
+            self._owns_ray = False
+            release_ray()
 
     def _abandon(self) -> None:
         """A second stop signal mid-step: save the state of the last finished step if this step has not
@@ -338,7 +408,10 @@ class Trainer:
         engine = eval_engine(self.engine, greedy=e.greedy, temperature=e.temperature)
         self.display.start_rollout(len(self.eval_tasks) * e.samples)
         seed = derive_seed(self.cfg.seed, "eval")
-        result = evaluate(engine, self.eval_tasks, e.samples, seed=seed, on_finish=self.display.episodes_done)
+        with self._generating():
+            result = evaluate(
+                engine, self.eval_tasks, e.samples, seed=seed, on_finish=self.display.episodes_done
+            )
         scores = headline(result.metrics)
         row = {"label": label, **scores, "episodes": result.metrics.get("eval/episodes", 0.0)}
         self.state.evals.append(row)
@@ -358,7 +431,8 @@ class Trainer:
             if self.eval_tasks is not None:
                 self._evaluate("after SFT")
         self.state.phase = "rl"
-        self.worker = self._rl_worker()
+        if self.worker is None or cfg.sft.enabled:  # vLLM engines keep the group they are colocated with
+            self.worker = self._rl_worker()
         if cfg.sft.enabled and not self.sft_only:
             self._save()
 
@@ -369,7 +443,10 @@ class Trainer:
         self._snapshot = self._take_snapshot()
         started = time.perf_counter()
         self.display.start_rollout(t.batch_size * cfg.rollout.group_size)
-        sampled = self.sampler.sample(step, self.state.policy_version, on_finish=self.display.episodes_done)
+        with self._generating():
+            sampled = self.sampler.sample(
+                step, self.state.policy_version, on_finish=self.display.episodes_done
+            )
         trajectories = sampled.trajectories
         rollout_s = time.perf_counter() - started
         metrics = self._rollout_metrics(sampled)
@@ -548,4 +625,3 @@ def train(
 ) -> TrainResult:
     """Run (or resume) training for `cfg`; see `Trainer`."""
     return Trainer(cfg, source, resume, force, display, stop_after, sft_only).run()
-

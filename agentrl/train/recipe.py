@@ -181,16 +181,55 @@ def _check_batches(cfg: Any, recipe: Recipe, source: str) -> None:
             f"{source}: trainer.turn_credit=per_turn gives per-token advantages, but preset "
             f"{recipe.preset.name!r} uses a sequence ratio that needs one advantage per episode"
         )
-    if r.backend != "hf":
-        raise ConfigError(
-            f"{source}: rollout.backend={r.backend}: the in-process trainer samples with the policy it "
-            "trains (rollout.backend=hf); vLLM generation needs a separate engine kept in sync with it"
-        )
+    _check_workers(cfg, source)
     if cfg.sft.enabled and cfg.sft.source == "trajectories" and not cfg.sft.path:
         raise ConfigError(f"{source}: sft.source=trajectories needs sft.path (a trajectories JSONL file)")
     for reason in t.exclude_finish_reasons:
         if reason not in FINISH_REASONS:
             raise _unknown(source, "trainer.exclude_finish_reasons", reason, list(FINISH_REASONS))
+
+
+def _check_workers(cfg: Any, source: str) -> None:
+    t, r = cfg.trainer, cfg.rollout
+    if t.num_workers < 0:
+        raise ConfigError(
+            f"{source}: trainer.num_workers={t.num_workers}: use 0 (in-process) or N >= 1 Ray workers"
+        )
+    if t.num_workers and t.log_rank1:
+        raise ConfigError(
+            f"{source}: trainer.log_rank1 reads the output head in the trainer's process; it needs "
+            "trainer.num_workers=0"
+        )
+    if r.backend == "vllm":
+        if not t.num_workers:
+            raise ConfigError(
+                f"{source}: rollout.backend=vllm: the in-process trainer (trainer.num_workers=0) samples "
+                "with the policy it trains (rollout.backend=hf); vLLM engines need trainer.num_workers >= 1 "
+                "Ray workers that push their weights to the engines after every optimizer step"
+            )
+        if cfg.sft.enabled:
+            raise ConfigError(
+                f"{source}: sft.enabled with rollout.backend=vllm: the SFT cold start trains in the "
+                "`agentrl train` process on the hf backend; run `agentrl sft` first and start RL from its "
+                "checkpoint (model.name=<run dir>)"
+            )
+    v = r.vllm
+    if r.backend == "vllm" and v.placement == "colocated" and (
+        v.num_engines != t.num_workers or v.tensor_parallel_size != 1
+    ):
+        raise ConfigError(
+            f"{source}: rollout.vllm.placement=colocated puts one engine on each trainer GPU: set "
+            f"rollout.vllm.num_engines={t.num_workers} (= trainer.num_workers) and "
+            "rollout.vllm.tensor_parallel_size=1, or use placement=separate"
+        )
+    if v.num_engines < 1 or v.tensor_parallel_size < 1:
+        raise ConfigError(
+            f"{source}: rollout.vllm.num_engines and rollout.vllm.tensor_parallel_size must be >= 1"
+        )
+    if not 0.0 < v.gpu_memory_utilization < 1.0:
+        raise ConfigError(
+            f"{source}: rollout.vllm.gpu_memory_utilization={v.gpu_memory_utilization} must lie in (0, 1)"
+        )
 
 
 FINISH_REASONS = ("answer", "max_turns", "max_tokens", "length", "eos", "error")

@@ -11,7 +11,8 @@ from agentrl.experiment import ExperimentConfig
 
 REPO = Path(__file__).resolve().parents[2]
 QUICKSTART = REPO / "configs" / "quickstart.yaml"
-EXPERIMENT_CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+GPU_CONFIGS = sorted((REPO / "configs" / "gpu").rglob("*.yaml"))
+EXPERIMENT_CONFIGS = sorted((REPO / "configs").glob("*.yaml")) + GPU_CONFIGS
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -51,6 +52,24 @@ def test_every_config_resolves_and_passes_the_pre_flight_checks(path: Path) -> N
     assert result.exit_code == 0, result.output
     recipe = check_config(load_config(ExperimentConfig, path), str(path))
     assert recipe.learning_rate > 0 and recipe.loss.max_length
+
+
+def test_gpu_recipes_follow_wapo_table_3() -> None:
+    gpu = REPO / "configs" / "gpu"
+    for path in sorted(gpu.glob("*.yaml")):
+        cfg = load_config(ExperimentConfig, path)
+        assert cfg.finetune.mode == "lora" and (cfg.finetune.lora_r, cfg.finetune.lora_alpha) == (8, 32)
+        assert cfg.trainer.learning_rate == 1e-5 and cfg.trainer.max_grad_norm == 1.0
+        assert cfg.trainer.batch_size * cfg.rollout.group_size == 256 and cfg.rollout.group_size == 8
+        assert cfg.rollout.backend == "vllm" and cfg.trainer.num_workers >= 1
+        qa = cfg.env.id == "agentrl/SearchQA-v0"
+        assert cfg.algorithm.max_response_length == (1024 if qa else 4096)
+        if qa:
+            assert cfg.env.max_turns == 10 and cfg.retriever.topk == 3 and cfg.retriever.kind == "http"
+    presets = {load_config(ExperimentConfig, p).algorithm.preset for p in (gpu / "presets").glob("*.yaml")}
+    from trainers.presets import PRESETS
+
+    assert presets == set(PRESETS)
 
 
 def test_misspelt_key_in_yaml_names_key_file_and_closest(tmp_path: Path) -> None:
