@@ -41,10 +41,17 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: list[st
     return from_dict(cls, data, source=source)
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
+def read_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The mapping of a YAML config file.
+
+    A top-level `base: other.yaml` (relative to this file) starts from that file's mapping: this file's
+    sections merge into it key by key, and any value that is not a mapping (lists included) replaces the
+    base's. Bases may have bases of their own.
+    """
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"config file {str(p)!r} does not exist")
+        where = f" (the base of {_chain[-1]})" if _chain else ""
+        raise ConfigError(f"config file {str(p)!r} does not exist{where}")
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
@@ -53,7 +60,28 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: the top level must be a mapping of sections, got {type(data).__name__}")
-    return data
+    if "base" not in data:
+        return data
+    base = data.pop("base")
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{p}: 'base' must be the path of another config file, got {base!r}")
+    base_path = (p.parent / base).resolve()
+    chain = (*_chain, p.resolve())
+    if base_path in chain:
+        cycle = " -> ".join(str(x) for x in (*chain, base_path))
+        raise ConfigError(f"{p}: 'base' files form a cycle: {cycle}")
+    return merge_mappings(read_yaml(base_path, chain), data)
+
+
+def merge_mappings(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `update` merged in: nested mappings merge key by key, other values replace."""
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_mappings(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def parse_override(text: str) -> tuple[str, str]:

@@ -160,3 +160,29 @@ def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
         load_config(ExperimentConfig, write(tmp_path, "a: [1, 2\n"))
     with pytest.raises(ConfigError, match="must be a mapping"):
         load_config(ExperimentConfig, write(tmp_path, "- 1\n- 2\n"))
+
+
+def test_base_file_is_merged_section_by_section(tmp_path: Path) -> None:
+    (tmp_path / "quickstart.yaml").write_text(QUICKSTART.read_text(encoding="utf-8"), encoding="utf-8")
+    (tmp_path / "recipes").mkdir()
+    parent = tmp_path / "recipes" / "parent.yaml"
+    parent.write_text("base: ../quickstart.yaml\nname: parent\nrollout:\n  group_size: 2\n", encoding="utf-8")
+    child = tmp_path / "recipes" / "child.yaml"
+    child.write_text("base: parent.yaml\nrollout:\n  temperature: 0.5\n", encoding="utf-8")
+    cfg = load_config(ExperimentConfig, child, ["trainer.steps=3"])
+    plain = load_config(ExperimentConfig, QUICKSTART)
+    assert cfg.name == "parent" and cfg.rollout.group_size == 2 and cfg.rollout.temperature == 0.5
+    assert cfg.rollout.max_new_tokens == plain.rollout.max_new_tokens and cfg.model == plain.model
+    assert cfg.trainer.steps == 3
+
+
+def test_base_errors_name_the_files(tmp_path: Path) -> None:
+    missing = write(tmp_path, "base: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match=r"nowhere\.yaml' does not exist \(the base of .*cfg\.yaml\)"):
+        load_config(ExperimentConfig, missing)
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n", encoding="utf-8")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"form a cycle: .*a\.yaml -> .*b\.yaml -> .*a\.yaml"):
+        load_config(ExperimentConfig, tmp_path / "a.yaml")
+    with pytest.raises(ConfigError, match="'base' must be the path of another config file"):
+        load_config(ExperimentConfig, write(tmp_path, "base: [1]\n"))
