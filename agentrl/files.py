@@ -74,12 +74,17 @@ def iter_jsonl(
                 on_bad_line(make_error(line_no, problem))
 
 
+def utf8_problem(line: bytes, offset: int) -> str:
+    """The message for a `line` whose byte at `offset` is not UTF-8: that byte and its 1-based column."""
+    return f"not valid UTF-8: byte 0x{line[offset]:02x} at column {offset + 1}; re-encode the file as UTF-8"
+
+
 def _json_object(raw: bytes) -> tuple[dict[str, Any] | None, str | None]:
     """(object, None) for a JSON-object line, (None, None) for a blank one, (None, the problem) otherwise."""
     try:
         line = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        return None, f"not valid UTF-8 ({exc.reason} at byte {exc.start + 1} of the line)"
+        return None, utf8_problem(raw, exc.start)
     if not line.strip():
         return None, None
     try:

@@ -61,18 +61,26 @@ class MetricsWriter:
     def wandb_run_id(self) -> str | None:
         return None if self._wandb is None else str(self._wandb.id)
 
-    def log(self, metrics: dict[str, Any], step: int) -> None:
-        """Record `metrics` (scalars; tensors and numpy scalars are converted) at `step`."""
+    def log(self, metrics: dict[str, Any], step: int, global_step: int | None = None) -> None:
+        """Record `metrics` (scalars; tensors and numpy scalars are converted) at `step`.
+
+        `global_step` (default `step`) is the x-axis of TensorBoard and W&B, which need one increasing step
+        across phases (SFT steps, then RL steps); the JSONL row keeps both.
+        """
         row: dict[str, Any] = {"step": step, "time": time.time()}
+        if global_step is not None:
+            row["global_step"] = global_step
+        axis = step if global_step is None else global_step
         row.update({k: _scalar(v) for k, v in metrics.items()})
         self._file.write(json.dumps(row, allow_nan=True) + "\n")
         self._file.flush()
-        numeric = {k: v for k, v in row.items() if isinstance(v, (int, float)) and k not in ("step", "time")}
+        skip = ("step", "time", "global_step")
+        numeric = {k: v for k, v in row.items() if isinstance(v, (int, float)) and k not in skip}
         if self._tb is not None:
             for key, value in numeric.items():
-                self._tb.add_scalar(key, value, step)
+                self._tb.add_scalar(key, value, axis)
         if self._wandb is not None:
-            self._wandb.log(numeric, step=step)
+            self._wandb.log(numeric, step=axis)
 
     def close(self) -> None:
         self._file.close()

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from agentrl.files import iter_jsonl, open_text
+from agentrl.files import iter_jsonl, open_text, utf8_problem
 from agentrl.registry import Registry
 
 
@@ -107,10 +107,7 @@ def _first_non_utf8(path: Path) -> tuple[int | None, str]:
             try:
                 raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                return line_no, (
-                    f"not valid UTF-8: byte 0x{raw[exc.start]:02x} at column {exc.start + 1}; "
-                    "re-encode the file as UTF-8"
-                )
+                return line_no, utf8_problem(raw, exc.start)
     return None, "not valid UTF-8; re-encode the file as UTF-8"
 
 

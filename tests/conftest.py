@@ -41,3 +41,14 @@ def tokenizer():
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tokenizer, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Llama over the SmolLM2 vocabulary saved as a local model directory (with tokenizer)."""
+    from tests.agentrl.conftest import make_tiny_model
+
+    path = tmp_path_factory.mktemp("tiny-llama")
+    make_tiny_model(tokenizer).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

@@ -17,7 +17,6 @@ import pytest
 from typer.testing import CliRunner
 
 from agentrl.cli.main import app
-from tests.agentrl.conftest import make_tiny_model
 from tests.conftest import requires_minilm
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,10 +58,8 @@ def small_corpus(args: list[str], tmp: Path) -> list[str]:
 
 @requires_minilm
 @pytest.mark.parametrize("markdown", DOCS, ids=lambda p: p.name)
-def test_every_command_runs(markdown: Path, tokenizer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    model = tmp_path / "tiny"
-    make_tiny_model(tokenizer).save_pretrained(model)
-    tokenizer.save_pretrained(model)
+def test_every_command_runs(markdown: Path, tiny_model_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    model = tiny_model_dir
     monkeypatch.setenv("AGENTRL_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("AGENTRL_PROGRESS", "0")
     monkeypatch.chdir(REPO)

@@ -319,7 +319,15 @@ class Trainer:
         )  # fmt: skip
 
     def _log(self, metrics: dict[str, Any], step: int, phase: str) -> None:
-        self.writer.log({"phase": phase, **metrics}, step=step)
+        """One metrics row; SFT keys get an `sft/` prefix, and every phase shares one increasing global
+        step for TensorBoard / W&B (SFT steps first, then RL steps)."""
+        if phase == "sft":
+            metrics = {k if k.startswith("sft/") else f"sft/{k}": v for k, v in metrics.items()}
+            self.state.sft_steps = max(self.state.sft_steps, step)
+            global_step = step
+        else:
+            global_step = self.state.sft_steps + step
+        self.writer.log({"phase": phase, **metrics}, step=step, global_step=global_step)
 
     # ----------------------------------------------------------------- evaluation and SFT
 

@@ -60,13 +60,15 @@ MATH_FIELDS = (
 class TrainState:
     """Everything besides weights and optimizer that a resumed run needs to continue exactly.
 
-    step: RL steps completed. phase: `sft` (SFT not finished), `rl` or `done`.
+    step: RL steps completed. sft_steps: SFT steps run before RL (TensorBoard / W&B count them first).
+    phase: `sft` (SFT not finished), `rl` or `done`.
     policy_version: optimizer steps applied to the policy (what sampled the next episodes).
     loader: the task stream's position; fade: the FADE scheduler state; nonfinite_streak: consecutive
     optimizer steps skipped for NaN/inf; wandb_id: the W&B run to continue; evals: evaluation rows so far.
     """
 
     step: int = 0
+    sft_steps: int = 0
     phase: str = "sft"
     policy_version: int = 0
     loader: dict[str, int] = field(default_factory=lambda: {"epoch": 0, "offset": 0})

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agentrl.files import iter_jsonl
+from agentrl.files import iter_jsonl, utf8_problem
 from agentrl.registry import Registry
 from agentrl.types import Task
 
@@ -264,8 +264,9 @@ def _read_json(path: Path) -> Any:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
+        start = raw.rfind(b"\n", 0, exc.start) + 1
         line = raw.count(b"\n", 0, exc.start) + 1
-        raise DatasetError(f"{path}:{line}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+        raise DatasetError(f"{path}:{line}: {utf8_problem(raw[start:], exc.start - start)}") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:

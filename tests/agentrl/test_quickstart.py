@@ -14,19 +14,10 @@ from agentrl.config import load_config
 from agentrl.experiment import ExperimentConfig
 from agentrl.metrics import read_metrics
 from agentrl.train.run_state import new_run_dir
-from tests.agentrl.conftest import make_tiny_model
 from tests.conftest import requires_minilm
 
 REPO = Path(__file__).resolve().parents[2]
 SMALL_WORLDS = ["env.kwargs.world_entities=40"]
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tokenizer, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("tiny-llama")
-    make_tiny_model(tokenizer).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 def quickstart_args(model_dir: Path, out: Path, *extra: str) -> list[str]:
@@ -54,6 +45,8 @@ def test_quickstart_cli_runs_sft_then_rl_and_reports(
     rows = read_metrics(run_dir / "metrics.jsonl")
     assert [r["phase"] for r in rows] == ["eval", "sft", "sft", "eval", "rl", "eval"]
     assert [r["eval/label"] for r in rows if r["phase"] == "eval"] == ["before SFT", "after SFT", "after RL"]
+    assert [r["global_step"] for r in rows] == [0, 1, 2, 2, 3, 3]
+    assert "sft/nll" in rows[1] and "sft/optim/lr" in rows[1] and "optim/lr" in rows[4]
     sft = [json.loads(line) for line in (run_dir / "trajectories" / "sft.jsonl").open()]
     assert sft and all(t["reward"] >= 1.0 for t in sft)
     for t in sft:

@@ -21,7 +21,6 @@ from agentrl.train import loop
 from agentrl.train.display import TrainDisplay
 from agentrl.train.loop import TrainingStopped, train
 from agentrl.train.run_state import read_state
-from tests.agentrl.conftest import make_tiny_model
 from tests.agentrl.train_env import ENV_ID
 from trainers.checkpoint import COMPLETE, LATEST, latest_checkpoint
 
@@ -29,11 +28,8 @@ VOLATILE = ("time", "perf/")
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tokenizer, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("tiny-llama")
-    make_tiny_model(tokenizer).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+def tiny_dir(tiny_model_dir: Path) -> Path:
+    return tiny_model_dir
 
 
 def config(model: Path, out: Path, *extra: str) -> ExperimentConfig:
