@@ -51,7 +51,8 @@ class EvalSettings:
 
     Attributes:
         samples: episodes per question (n).
-        greedy: decode greedily (then n must be 1: greedy samples are identical); else sample at `temperature`.
+        greedy: decode greedily (then n must be 1: greedy samples are identical); else sample at
+            `temperature`.
         seed: the evaluation seed; chunk i rolls out with `derive_seed(seed, "chunk", i)`.
         chunk_size: questions per engine call; results and resumption are per chunk, so it is part of what
             makes two evaluations identical.
@@ -152,9 +153,8 @@ def evaluate(
         part = list(tasks[start : start + size])
         if all(start + i in records and records[start + i].id == t.id for i, t in enumerate(part)):
             continue
-        episodes = sampler.run(
-            part, settings.samples, group_offset=start, on_finish=on_finish, seed=chunk_seed(settings.seed, chunk)
-        )
+        seed = chunk_seed(settings.seed, chunk)
+        episodes = sampler.run(part, settings.samples, group_offset=start, on_finish=on_finish, seed=seed)
         fresh = question_records(part, episodes, start)
         if on_chunk is not None:
             on_chunk(fresh)

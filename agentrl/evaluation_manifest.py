@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from agentrl.files import atomic_open
-from agentrl.models import ModelSource, inspect_model
+from agentrl.models import ModelSource, resolve_model_path
 from agentrl.paths import cache_dir
 from agentrl.types import Task
 
@@ -78,18 +78,17 @@ def directory_sha256(path: str | Path) -> str:
 
 
 def model_manifest(source: ModelSource, tokenizer: Any = None) -> dict[str, Any]:
-    """The model's spec, kind, directory and weights hash (None for a hub id), its LoRA base, chat template."""
-    local = Path(source.path).is_dir()
+    """The model's spec, kind, directory, weights hash (None for a hub id), LoRA base and chat template."""
+    path = resolve_model_path(source.path) if source.kind == "bundled" else source.path
+    local = Path(path).is_dir()
     out: dict[str, Any] = {
-        "spec": source.spec, "kind": source.kind, "path": source.path,
-        "sha256": directory_sha256(source.path) if local else None,
+        "spec": source.spec, "kind": source.kind, "path": path,
+        "sha256": directory_sha256(path) if local else None,
     }  # fmt: skip
     if source.base is not None:
-        base = inspect_model(source.base)
-        out["base"] = {
-            "spec": source.base, "path": base.path,
-            "sha256": directory_sha256(base.path) if Path(base.path).is_dir() else None,
-        }  # fmt: skip
+        base = resolve_model_path(source.base)
+        digest = directory_sha256(base) if Path(base).is_dir() else None
+        out["base"] = {"spec": source.base, "path": base, "sha256": digest}
     template = getattr(tokenizer, "chat_template", None)
     out["chat_template_sha256"] = text_sha256(str(template)) if template else None
     return out
@@ -102,8 +101,9 @@ def questions_sha256(tasks: list[Task]) -> str:
 def dataset_manifest(section: Any, tasks: list[Task], env_kwargs: dict[str, Any]) -> dict[str, Any]:
     """Loader, path, split, options, the number and hash of the questions and the hash of every file read."""
     out: dict[str, Any] = {
-        "name": section.dataset, "path": section.path, "split": section.split, "options": dict(section.options),
-        "num_tasks": section.num_tasks, "sample_seed": section.seed, "num_questions": len(tasks),
+        "name": section.dataset, "path": section.path, "split": section.split,
+        "options": dict(section.options), "num_tasks": section.num_tasks, "sample_seed": section.seed,
+        "num_questions": len(tasks),
         "questions_sha256": questions_sha256(tasks),
     }  # fmt: skip
     if section.dataset == "synthetic" and section.path is None:
@@ -139,7 +139,8 @@ def prompt_template(env_id: str, env_kwargs: dict[str, Any], task: Task) -> list
             messages = env.reset(seed=0, options={"task": task})[1]["messages"]
     finally:
         env.close()
-    return [{"role": m["role"], "content": m["content"].replace(task.question.strip(), "{question}")} for m in messages]
+    question = task.question.strip()
+    return [{"role": m["role"], "content": m["content"].replace(question, "{question}")} for m in messages]
 
 
 def env_manifest(cfg: Any, task: Task) -> dict[str, Any]:

@@ -15,10 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from agentrl.evaluation_records import QuestionRecord
+from agentrl.evaluation_records import QuestionRecord, SampleRecord
 from agentrl.metrics import pass_at_k
 
 SCORE_NAMES = ("em", "f1", "accuracy", "score", "reward")
+ALWAYS = ("em", "f1")
 CI_STATS = ("em", "f1", "accuracy", "pass@1")
 CI_LEVEL = 0.95
 
@@ -30,7 +31,8 @@ def default_ks(n: int) -> list[int]:
 
 
 def check_ks(ks: Sequence[int], n: int) -> list[int]:
-    """The requested ks, sorted; a ValueError naming the first k that n samples per question cannot give."""
+    """The requested ks and 1 (pass@1 carries a CI), sorted; a ValueError naming the first k that n samples
+    per question cannot give."""
     for k in ks:
         if k < 1:
             raise ValueError(f"pass@k needs k >= 1, got k={k}")
@@ -39,7 +41,7 @@ def check_ks(ks: Sequence[int], n: int) -> list[int]:
                 f"pass@{k} needs at least {k} samples per question, but n = {n}; raise the samples per "
                 f"question (--samples / eval.samples) to {k} or drop k={k}"
             )
-    return sorted(set(ks))
+    return sorted({1, *ks})
 
 
 def samples_per_question(questions: Sequence[QuestionRecord]) -> int:
@@ -49,13 +51,30 @@ def samples_per_question(questions: Sequence[QuestionRecord]) -> int:
     return counts.pop()
 
 
+def sample_score(sample: SampleRecord, name: str) -> float:
+    """A sample's `name` score; 0 when the env did not score it (e.g. the episode ran out of tokens). Envs
+    that score no text overlap (math: right or wrong; tool envs: their own score) have EM and F1 equal to
+    that accuracy or score."""
+    if name in ALWAYS and name not in sample.scores:
+        for fallback in ("accuracy", "score"):
+            if fallback in sample.scores:
+                return sample.scores[fallback]
+    return sample.scores.get(name, 0.0)
+
+
+def reported_scores(questions: Sequence[QuestionRecord]) -> list[str]:
+    """EM and F1 (always), then whichever of accuracy / score / reward some sample carries."""
+    present = {k for q in questions for s in q.samples for k in s.scores}
+    return [name for name in SCORE_NAMES if name in ALWAYS or name in present]
+
+
 def per_question(questions: Sequence[QuestionRecord], name: str) -> np.ndarray:
     """[Q] per-question means of `name`: a score (`em`, `f1`, ...), `format_rate` or `pass@1`."""
     if name == "pass@1":
         return np.array([q.num_correct / len(q.samples) for q in questions], dtype=np.float64)
     key = "format_ok" if name == "format_rate" else name
     return np.array(
-        [sum(s.scores.get(key, 0.0) for s in q.samples) / len(q.samples) for q in questions], dtype=np.float64
+        [sum(sample_score(s, key) for s in q.samples) / len(q.samples) for q in questions], dtype=np.float64
     )
 
 
@@ -68,11 +87,9 @@ def summary(questions: Sequence[QuestionRecord], ks: Sequence[int]) -> dict[str,
     finish-reason fractions of `questions`."""
     n = samples_per_question(questions)
     samples = [s for q in questions for s in q.samples]
-    present = {k for s in samples for k in s.scores}
     out: dict[str, Any] = {"num_questions": len(questions), "n": n, "episodes": len(samples)}
-    for name in SCORE_NAMES:
-        if name in present:
-            out[name] = _mean([s.scores.get(name, 0.0) for s in samples])
+    for name in reported_scores(questions):
+        out[name] = _mean([sample_score(s, name) for s in samples])
     out["format_rate"] = _mean([s.scores.get("format_ok", 0.0) for s in samples])
     out[f"avg@{n}"] = _mean([float(s.correct) for s in samples])
     out["pass_at_k"] = {k: _mean([pass_at_k(n, q.num_correct, k) for q in questions]) for k in ks}
@@ -111,8 +128,8 @@ def bootstrap_ci(
     """
     if resamples <= 0 or not questions:
         return {}
-    present = {k for q in questions for s in q.samples for k in s.scores}
-    names = [name for name in CI_STATS if name == "pass@1" or name in present]
+    scores = reported_scores(questions)
+    names = [name for name in CI_STATS if name == "pass@1" or name in scores]
     rng = np.random.default_rng(seed)
     picks = rng.integers(0, len(questions), size=(resamples, len(questions)))
     tail = (1.0 - level) / 2 * 100

@@ -3,8 +3,9 @@
 A `QuestionRecord` is one question with its gold answers, the group it is broken down by (question type for
 multi-hop QA, level for math, hop count for the synthetic world) and one `SampleRecord` per sampled episode:
 the answer given, the env's scores, whether it counts as correct for pass@k, searches, turns, agent tokens,
-finish reason and whether a gold answer appeared in any retrieved passage. Every metric of a report is computed
-from these records alone, so a report can be rebuilt from `predictions.jsonl` without the trajectories.
+finish reason and whether a gold answer appeared in any retrieved passage. Every metric of a report is
+computed from these records alone, so a report can be rebuilt from `predictions.jsonl` without the
+trajectories.
 """
 
 from __future__ import annotations
@@ -148,7 +149,9 @@ def sample_record(t: Trajectory, findable: bool) -> SampleRecord:
     )
 
 
-def question_records(tasks: list[Task], trajectories: list[Trajectory], start: int = 0) -> list[QuestionRecord]:
+def question_records(
+    tasks: list[Task], trajectories: list[Trajectory], start: int = 0
+) -> list[QuestionRecord]:
     """Records of `tasks` (positions `start`, `start + 1`, ...) from the engine's task-major trajectories."""
     if not tasks:
         return []
@@ -161,10 +164,9 @@ def question_records(tasks: list[Task], trajectories: list[Trajectory], start: i
         if any(t.task_id != task.id for t in episodes):
             raise ValueError(f"trajectories of question {start + i} do not belong to task {task.id!r}")
         findable = answer_findable(task.answers)
-        records.append(
-            QuestionRecord(
-                index=start + i, id=task.id, question=task.question, golds=list(task.answers),
-                group=group_of(task), samples=[sample_record(t, findable) for t in episodes],
-            )  # fmt: skip
-        )
+        record = QuestionRecord(
+            index=start + i, id=task.id, question=task.question, golds=list(task.answers),
+            group=group_of(task), samples=[sample_record(t, findable) for t in episodes],
+        )  # fmt: skip
+        records.append(record)
     return records

