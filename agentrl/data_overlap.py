@@ -41,10 +41,12 @@ def find_overlaps(train: Iterable[Task], evaluation: Iterable[Task]) -> list[Ove
     return out
 
 
-def overlap_message(overlaps: list[Overlap], total: int, train_name: str, shown: int = 5) -> str:
+def overlap_message(
+    overlaps: list[Overlap], total: int, train_name: str, shown: int = 5, what: str = "evaluation questions"
+) -> str:
     """`N of M evaluation questions also appear in NAME:` and the first `shown` of them."""
-    lines = [f"#{o.eval_index} {o.eval_id!r} = train {o.train_id!r}: {o.question[:80]}" for o in overlaps]
+    lines = [f"#{o.eval_index} {o.eval_id!r} = {o.train_id!r}: {o.question[:80]}" for o in overlaps]
     lines = lines[:shown]
     listing = "\n  ".join(lines)
     more = f"\n  ... and {len(overlaps) - shown} more" if len(overlaps) > shown else ""
-    return f"{len(overlaps)} of {total} evaluation questions also appear in {train_name}:\n  {listing}{more}"
+    return f"{len(overlaps)} of {total} {what} also appear in {train_name}:\n  {listing}{more}"
