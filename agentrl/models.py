@@ -280,8 +280,10 @@ def load_model(
     path = resolve_model_path(source.path) if source.kind == "bundled" else source.path
     base_path = resolve_model_path(source.base) if source.base is not None else None
     torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
+    has_tokenizer = any((Path(path) / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))
+    tokenizer_path = base_path if base_path is not None and not has_tokenizer else path
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_path, trust_remote_code=trust_remote_code)
     except OSError as exc:
         raise ModelNotFoundError(_unreachable_message(spec, exc)) from exc
     try:
@@ -295,7 +297,7 @@ def load_model(
             _unreachable_message(str(source.base), exc) + f" It is the base of the LoRA adapter {path}; "
             "pass another with --base (model.base)."
         ) from exc
-    if base is not None:
+    if base_path is not None:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, path).merge_and_unload()
