@@ -144,7 +144,7 @@ def run_eval(
     check_config(cfg, source, training=False)
     settings.validate()
     model_source = inspect_model(cfg.model.name, cfg.model.base)
-    say(f"loading questions ({cfg.eval.data.dataset} {cfg.eval.data.path or ''})".rstrip())
+    say(f"loading questions ({' '.join(str(p) for p in (cfg.eval.data.dataset, cfg.eval.data.path) if p)})")
     tasks = load_eval_tasks(cfg)
     check_overlap(cfg, tasks, list(train_files or []), allow_overlap, say)
     if cfg.threads is not None:

@@ -166,7 +166,7 @@ def _print_report(report: dict[str, Any], out_dir: Path | None) -> None:
 
     from agentrl.evaluation_report import report_markdown
 
-    console = Console()
+    console = Console(soft_wrap=True)
     console.print(report_markdown(report).split("\n## Manifest")[0], markup=False, highlight=False)
     if out_dir is not None:
         console.print(f"report: {out_dir}/report.json, report.md, predictions.jsonl, pass_at_k.png")
@@ -217,7 +217,7 @@ def _compare(
     labels = [model_label(r) for r in reports]
     rows = comparison_rows(reports, labels)
     text = comparison_markdown(rows, flags)
-    Console().print(text, markup=False, highlight=False)
+    Console(soft_wrap=True).print(text, markup=False, highlight=False)
     if output is not None:
         from agentrl.files import atomic_open
 
