@@ -13,9 +13,12 @@ from typing import Any, Literal
 @dataclass
 class ModelSection:
     """The policy. `name` is `bundled:smollm2-135m-instruct`, a local directory (a transformers model, an
-    `agentrl train` checkpoint or run directory) or a hub id."""
+    `agentrl train` checkpoint or run directory, a LoRA adapter) or a hub id. `base` is the model a LoRA
+    adapter is loaded onto when its `adapter_config.json` names none that can be reached (None: the named
+    one)."""
 
     name: str = "bundled:smollm2-135m-instruct"
+    base: str | None = None
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
     device: str = "auto"
 
@@ -65,14 +68,16 @@ class RetrieverSection:
     kind: `memory` (BM25 over the task corpus or synthetic world, no files), `dense` / `bm25` / `hybrid`
     (an index directory built by `agentrl index build`), or `http` (a `agentrl serve-retriever` URL).
     With the synthetic dataset and no `index_dir`, a `dense` / `bm25` / `hybrid` index over the documents of
-    every synthetic world the run uses is built with `encoder` on first use and cached.
+    every synthetic world the run uses is built with `encoder` on first use and cached (None: the bundled
+    MiniLM). With an `index_dir`, queries are always encoded as the index's `meta.json` says; a named
+    `encoder` must be that same model (a different one is an error).
     """
 
     kind: Literal["memory", "dense", "bm25", "hybrid", "http"] = "memory"
     index_dir: str | None = None
     url: str | None = None
     topk: int = 3
-    encoder: str = "bundled:all-minilm-l6-v2"
+    encoder: str | None = None
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Metrics writer: always JSONL, optionally TensorBoard and Weights & Biases.
+"""Metrics writer (always JSONL, optionally TensorBoard and Weights & Biases) and the pass@k estimator.
 
     with MetricsWriter("runs/x", tensorboard=True) as writer:
         writer.log({"reward/mean": 0.4, "loss": 1.2}, step=3)
@@ -113,3 +113,22 @@ def _scalar(value: Any) -> Any:
     if isinstance(value, (bool, int, float, str)) or value is None:
         return value
     return str(value)
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from `n` samples of which `c` are correct: 1 - C(n-c, k) / C(n, k).
+
+    The probability that a random k-subset of the n samples holds at least one correct one (Chen et al.,
+    2021). Computed as 1 - prod_{i=n-c+1}^{n} (1 - k/i), which never forms the huge binomials, so it stays
+    exact to float precision for any n.
+    """
+    if n < 1 or not 0 <= c <= n:
+        raise ValueError(f"pass@k needs n >= 1 and 0 <= c <= n, got n={n}, c={c}")
+    if not 1 <= k <= n:
+        raise ValueError(f"pass@{k} needs 1 <= k <= n = {n} samples per question")
+    if n - c < k:
+        return 1.0
+    miss = 1.0
+    for i in range(n - c + 1, n + 1):
+        miss *= 1.0 - k / i
+    return 1.0 - miss

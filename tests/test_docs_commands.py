@@ -1,16 +1,21 @@
-"""Every shell command in README.md and docs/train.md runs.
+"""Every shell command in README.md and docs/*.md runs, unless its block is marked not runnable.
 
-`agentrl train / sft / quickstart` commands run as written with overrides appended that shrink them to
-seconds (a tiny random model, one step, tiny synthetic worlds); `agentrl index build` runs on the first
-records of the same corpus file; `make` lines name a Makefile target; everything else runs unchanged.
-Commands of one file run in order in one scratch output directory, so a `--resume auto` continues the run
-before it.
+A ```bash block preceded by `<!-- not runnable: REASON -->` (it needs a GPU, the Hugging Face hub, a server
+left running, ...) is skipped with its reason; every other block runs. `agentrl train / sft / quickstart`
+commands run as written with overrides appended that shrink them to seconds (a tiny random model, one step,
+tiny synthetic worlds); `agentrl eval` likewise (the tiny model for the bundled one, two questions, short
+turns); `agentrl index build` runs on the first records of the same corpus file; paths under `runs/`,
+`indexes/` and the plots scripts write go to a scratch directory; `make` lines name a Makefile target;
+`python -m MODULE` calls the module's `main`. Commands of one file run in order, so a `--resume auto`
+continues the run before it and an `agentrl eval` reads the checkpoint the `agentrl train` above it saved.
 """
 
 from __future__ import annotations
 
+import importlib
 import re
 import shlex
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -20,30 +25,79 @@ from agentrl.cli.main import app
 from tests.conftest import requires_minilm
 
 REPO = Path(__file__).resolve().parents[1]
-DOCS = [REPO / "README.md", REPO / "docs" / "train.md"]
+DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 TRAINING = ("train", "sft", "quickstart")
+SCRATCH_PREFIXES = ("runs/", "indexes/")
+NOT_RUNNABLE = re.compile(r"<!--\s*not runnable:\s*(.*?)\s*-->\s*$")
+BUNDLED_POLICY = "bundled:smollm2-135m-instruct"
 
 
-def shell_commands(markdown: Path) -> list[str]:
-    """The commands of the ```bash blocks of `markdown`, continuation lines joined, comments dropped."""
+@dataclass
+class Block:
+    """One ```bash block: its commands (continuation lines joined, comments dropped) and, when marked, why
+    it does not run here."""
+
+    markdown: Path
+    line: int
+    commands: list[str]
+    skip_reason: str | None
+
+
+def bash_blocks(markdown: Path) -> list[Block]:
+    lines = markdown.read_text(encoding="utf-8").splitlines()
+    blocks, i = [], 0
+    while i < len(lines):
+        if lines[i].strip() != "```bash":
+            i += 1
+            continue
+        start, body = i, []
+        i += 1
+        while i < len(lines) and lines[i].strip() != "```":
+            body.append(lines[i])
+            i += 1
+        previous = next((lines[j] for j in range(start - 1, -1, -1) if lines[j].strip()), "")
+        marker = NOT_RUNNABLE.search(previous)
+        blocks.append(Block(markdown, start + 1, shell_commands("\n".join(body)), marker and marker.group(1)))
+        i += 1
+    return blocks
+
+
+def shell_commands(block: str) -> list[str]:
     commands = []
-    for block in re.findall(r"```bash\n(.*?)```", markdown.read_text(encoding="utf-8"), re.S):
-        for line in block.replace("\\\n", " ").splitlines():
-            line = re.sub(r"\s+#.*$", "", line).strip()
-            if line and not line.startswith("#"):
-                commands.append(" ".join(line.split()))
+    for line in block.replace("\\\n", " ").splitlines():
+        line = re.sub(r"\s+#.*$", "", line).strip()
+        if line and not line.startswith("#"):
+            commands.append(" ".join(line.split()))
     return commands
 
 
+def in_scratch(value: str, tmp: Path) -> str:
+    """`runs/...` and `indexes/...` (also as `key=runs/...`) moved under the scratch directory."""
+    key, eq, path = value.rpartition("=") if "=" in value else ("", "", value)
+    if path.startswith(SCRATCH_PREFIXES):
+        return f"{key}{eq}{tmp / path}"
+    return value
+
+
 def speed_overrides(model: Path, out: Path, args: list[str]) -> list[str]:
+    named = next((a.split("=", 1)[1] for a in args if a.startswith("output.dir=")), None)
     extra = [
         f"model.name={model}", "model.device=cpu", "trainer.steps=1", "trainer.batch_size=1",
         "rollout.group_size=2", "rollout.max_new_tokens=40", "sft.steps=1", "sft.batch_size=2",
-        "sft.data.num_tasks=2", "eval.data.num_tasks=2", f"output.dir={out}", "output.plots=false",
+        "sft.data.num_tasks=2", "eval.data.num_tasks=2", f"output.dir={named or out}", "output.plots=false",
     ]  # fmt: skip
     if not any("quickstart_math" in a for a in args):
         extra.append("env.kwargs.world_entities=40")
     return extra
+
+
+def eval_overrides(args: list[str], model: Path) -> list[str]:
+    """The bundled policy replaced by the tiny model; two questions, short turns."""
+    args = [str(model) if a == BUNDLED_POLICY else a for a in args]
+    extra = ["--num-questions", "2", "model.device=cpu", "rollout.max_new_tokens=16", "threads=1"]
+    if not any("quickstart_math" in a for a in args):
+        extra.append("env.kwargs.world_entities=40")
+    return [*args, *extra]
 
 
 def small_corpus(args: list[str], tmp: Path) -> list[str]:
@@ -56,30 +110,79 @@ def small_corpus(args: list[str], tmp: Path) -> list[str]:
     return [*args[:i], str(head), *args[i + 1 :]]
 
 
+def run_command(command: str, model: Path, tmp: Path, makefile: str) -> None:
+    words = shlex.split(command)
+    if words[0] == "make":
+        assert re.search(rf"^{re.escape(words[1])}:", makefile, re.M), command
+        return
+    if words[:2] == ["python", "-m"]:
+        args = list(words[3:])
+        args[args.index("--out") + 1] = str(tmp / Path(args[args.index("--out") + 1]).name)
+        importlib.import_module(words[2]).main([*args, "--steps", "40", "--runs", "4"])
+        return
+    assert words[0] == "agentrl", f"unexpected command {command!r}"
+    args = words[1:]
+    if args[:2] == ["index", "build"]:
+        args = small_corpus(args, tmp)
+    args = [in_scratch(a, tmp) for a in args]
+    if args[0] in TRAINING:
+        args = [*args, *speed_overrides(model, tmp / "runs", args)]
+    if args[0] == "eval":
+        args = eval_overrides(args, model)
+    if args[0] == "rollout":
+        small = ["--num-tasks", "2", "--group-size", "2", "--max-new-tokens", "16", "--device", "cpu"]
+        args = [*args, "--model", str(model), *small, "env.kwargs.world_entities=40"]
+    if args[:2] == ["index", "eval"]:
+        args = [*args, "--limit", "5"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, f"{command}\n{result.output}"
+
+
+def cases() -> list:
+    out = []
+    for markdown in DOCS:
+        blocks = bash_blocks(markdown)
+        runnable = [b for b in blocks if b.skip_reason is None and b.commands]
+        if runnable:
+            out.append(pytest.param(markdown, runnable, id=markdown.name))
+        for b in blocks:
+            if b.skip_reason is not None:
+                out.append(pytest.param(markdown, [b], id=f"{markdown.name}:{b.line}"))
+    return out
+
+
 @requires_minilm
-@pytest.mark.parametrize("markdown", DOCS, ids=lambda p: p.name)
-def test_every_command_runs(markdown: Path, tiny_model_dir: Path, tmp_path: Path, monkeypatch) -> None:
-    model = tiny_model_dir
+@pytest.mark.parametrize("markdown,blocks", cases())
+def test_docs_commands(
+    markdown: Path, blocks: list[Block], tiny_model_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """The runnable blocks of a file, in order; or one block marked not runnable, skipped with its reason."""
+    if blocks[0].skip_reason is not None:
+        pytest.skip(f"{markdown.name} line {blocks[0].line} not runnable: {blocks[0].skip_reason}")
     monkeypatch.setenv("AGENTRL_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("AGENTRL_PROGRESS", "0")
     monkeypatch.chdir(REPO)
     makefile = (REPO / "Makefile").read_text()
-    commands = shell_commands(markdown)
-    assert commands, f"{markdown} has no bash commands"
-    for command in commands:
-        words = shlex.split(command)
-        if words[0] == "make":
-            assert re.search(rf"^{re.escape(words[1])}:", makefile, re.M), command
-            continue
-        assert words[0] == "agentrl", f"unexpected command {command!r}"
-        args = words[1:]
-        if args[0] in TRAINING:
-            args = [*args, *speed_overrides(model, tmp_path / "runs", args)]
-        if args[:2] == ["index", "build"]:
-            args = small_corpus(args, tmp_path)
-            out = args.index("--out") + 1
-            args[out] = str(tmp_path / "indexes" / Path(args[out]).name)
-        if args[:2] == ["index", "eval"]:
-            args = [*args[:2], str(tmp_path / "indexes" / Path(args[2]).name), *args[3:], "--limit", "5"]
-        result = CliRunner().invoke(app, args)
-        assert result.exit_code == 0, f"{command}\n{result.output}"
+    for block in blocks:
+        for command in block.commands:
+            run_command(command, tiny_model_dir, tmp_path, makefile)
+
+
+def test_every_doc_block_is_run_or_marked() -> None:
+    """Every ```bash block either runs or carries a reason; the docs hold some of each."""
+    blocks = [b for m in DOCS for b in bash_blocks(m)]
+    assert sum(b.skip_reason is None for b in blocks) >= 10
+    for block in blocks:
+        assert block.commands, f"{block.markdown.name} line {block.line}: an empty bash block"
+        assert block.skip_reason is None or len(block.skip_reason) > 10, (block.markdown.name, block.line)
+
+
+def test_the_scheme_table_lists_every_scheme() -> None:
+    from trainers.advantages import SCHEMES
+
+    text = (REPO / "docs" / "algorithms.md").read_text(encoding="utf-8")
+    table = text.split("### Choosing a scheme", 1)[1].split("\n### ", 1)[0]
+    rows = [line for line in table.splitlines() if line.startswith("| `")]
+    named = {name for row in rows for name in re.findall(r"`(\w+)`", row.split("|")[1])}
+    assert named == set(SCHEMES.names())
+    assert all(len([c for c in row.split("|")[1:-1] if c.strip()]) == 4 for row in rows)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from agentrl.cli import config_cmd, index_cmd, info_cmd, rollout_cmd, serve_cmd, train_cmd
+from agentrl.cli import config_cmd, data_cmd, eval_cmd, index_cmd, info_cmd, rollout_cmd, serve_cmd, train_cmd
 
 app = typer.Typer(
     name="agentrl",
@@ -21,8 +21,10 @@ app.command("quickstart")(train_cmd.quickstart)
 app.command("train")(train_cmd.train_command)
 app.command("sft")(train_cmd.sft_command)
 app.command("rollout")(rollout_cmd.rollout)
+app.command("eval")(eval_cmd.eval_command)
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(index_cmd.app, name="index")
+app.add_typer(data_cmd.app, name="data")
 app.command("serve-retriever")(serve_cmd.serve_retriever)
 
 

@@ -157,7 +157,7 @@ def load_policy(cfg: Any) -> tuple[Any, Any]:
         from transformers import AutoTokenizer
 
         return None, AutoTokenizer.from_pretrained(resolve_model_path(cfg.model.name))
-    return load_model(cfg.model.name, dtype=cfg.model.dtype, device=cfg.model.device)
+    return load_model(cfg.model.name, dtype=cfg.model.dtype, device=cfg.model.device, base=cfg.model.base)
 
 
 @dataclass

@@ -18,6 +18,7 @@ from agentrl.paths import cache_dir
 from agentrl.types import Task
 
 DEFAULT_ENTITIES = 3000
+DEFAULT_ENCODER = "bundled:all-minilm-l6-v2"
 WORLD_OPTIONS = ("world_seed", "world_entities")
 
 
@@ -63,15 +64,17 @@ def _key(worlds: Iterable[tuple[int, int]]) -> str:
 
 
 def synthetic_index(
-    worlds: Iterable[tuple[int, int]], kind: str, encoder: str, progress: bool | None = None
+    worlds: Iterable[tuple[int, int]], kind: str, encoder: str | None, progress: bool | None = None
 ) -> Path:
-    """An index directory over `worlds`' documents, built on first use and reused afterwards (progress bars
-    follow `agentrl.progress.progress_enabled` unless `progress` says otherwise)."""
+    """An index directory over `worlds`' documents, built with `encoder` (None: `DEFAULT_ENCODER`) on first
+    use and reused afterwards (progress bars follow `agentrl.progress.progress_enabled` unless `progress` says
+    otherwise)."""
     from agentrl.progress import progress_enabled
     from retrievers.build import BuildConfig, build_index
     from retrievers.index_meta import META_FILE
 
     worlds = sorted(set(worlds))
+    encoder = encoder or DEFAULT_ENCODER
     slug = encoder.replace(":", "-").replace("/", "--")
     root = cache_dir() / "indexes"
     out = root / f"synthetic-{_key(worlds)}-{kind}-{slug}"

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from agentrl.config import to_dict
-from agentrl.evaluation import eval_engine, evaluate, headline, summarize
+from agentrl.evaluation import EvalSettings, evaluate, headline, summarize
 from agentrl.experiment import ExperimentConfig
 from agentrl.metrics import MetricsWriter, read_metrics
 from agentrl.rollout.io import write_trajectories
@@ -405,13 +405,10 @@ class Trainer:
         assert self.eval_tasks is not None
         e = self.cfg.eval
         self.display.note(f"evaluating {label}: {len(self.eval_tasks)} held-out tasks x {e.samples}")
-        engine = eval_engine(self.engine, greedy=e.greedy, temperature=e.temperature)
         self.display.start_rollout(len(self.eval_tasks) * e.samples)
-        seed = derive_seed(self.cfg.seed, "eval")
+        settings = EvalSettings.from_config(self.cfg)
         with self._generating():
-            result = evaluate(
-                engine, self.eval_tasks, e.samples, seed=seed, on_finish=self.display.episodes_done
-            )
+            result = evaluate(self.engine, self.eval_tasks, settings, on_finish=self.display.episodes_done)
         scores = headline(result.metrics)
         row = {"label": label, **scores, "episodes": result.metrics.get("eval/episodes", 0.0)}
         self.state.evals.append(row)

@@ -105,6 +105,7 @@ def check_config(cfg: Any, source: str = "<config>", training: bool = True) -> R
     _check_env(cfg, source)
     _check_model(cfg, source)
     _check_retriever(cfg, source)
+    _check_eval(cfg, source)
     if training:
         _check_batches(cfg, recipe, source)
     return recipe
@@ -146,8 +147,38 @@ def _check_retriever(cfg: Any, source: str) -> None:
                 f"{source}: retriever.index_dir: {section.index_dir!r} is not an agentrl index (no "
                 "meta.json); build one with `agentrl index build`"
             )
+        _check_index_encoder(section.encoder, meta, source)
     if section.kind == "http" and not section.url:
         raise ConfigError(f"{source}: retriever.url is required with retriever.kind=http")
+
+
+def _check_index_encoder(named: str | None, meta_path: Path, source: str) -> None:
+    """A named `retriever.encoder` must be the one the index was built with (queries are encoded by it)."""
+    import json
+
+    if named is None:
+        return
+    try:
+        encoder = (json.loads(meta_path.read_text(encoding="utf-8")).get("encoder") or {}).get("model")
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{source}: retriever.index_dir: cannot read {meta_path}: {exc}") from None
+    if encoder is not None and encoder != named:
+        raise ConfigError(
+            f"{source}: retriever.encoder: {named!r} is named, but the index at {meta_path.parent} was built "
+            f"with {encoder!r} (its meta.json); queries must be encoded with the index's encoder, so name "
+            f"retriever.encoder={encoder} or leave retriever.encoder unset to use the index's own"
+        )
+
+
+def _check_eval(cfg: Any, source: str) -> None:
+    from agentrl.evaluation import EvalSettings
+
+    if not cfg.eval.enabled:
+        return
+    try:
+        EvalSettings.from_config(cfg).validate()
+    except ValueError as exc:
+        raise ConfigError(f"{source}: eval: {exc}") from None
 
 
 def _check_batches(cfg: Any, recipe: Recipe, source: str) -> None:

@@ -1,10 +1,10 @@
 """Dataset loaders that turn math and QA datasets into `Task`s (`load_tasks("hotpotqa", path)`).
 
 Registered loaders: math500, numinamath, gsm8k, aime, amc, hotpotqa, 2wikimultihopqa, nq_open, ottqa,
-searchr1.
+searchr1, tasks (the JSONL `agentrl data filter` writes).
 """
 
-from environments.datasets import math, ottqa, qa, searchr1  # noqa: F401  (registers the loaders)
+from environments.datasets import math, ottqa, qa, searchr1, tasks  # noqa: F401  (registers the loaders)
 from environments.datasets.base import (
     LOADERS,
     DatasetError,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from agentrl.models import (
     ModelNotFoundError,
     bundled_path,
     convert_bundled_gguf,
+    inspect_model,
     load_encoder,
     load_gguf,
     load_model,
@@ -74,3 +76,28 @@ def test_bundled_minilm_ranks_paraphrase_above_unrelated() -> None:
     )
     assert float(anchor @ paraphrase) > float(anchor @ unrelated) + 0.2
     assert anchor.shape == (384,)
+
+
+def test_adapter_loads_onto_the_base_given_when_its_own_is_gone(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    lora = get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False))
+    adapter = tmp_path / "adapter"
+    lora.save_pretrained(adapter)
+    config_file = adapter / "adapter_config.json"
+    config = json.loads(config_file.read_text())
+    config_file.write_text(json.dumps({**config, "base_model_name_or_path": "/gone/base"}))
+    with pytest.raises(ModelNotFoundError, match=r"'/gone/base' \(named by .*adapter_config.json\) does not"):
+        inspect_model(str(adapter))
+    source = inspect_model(str(adapter), base=str(tiny_model_dir))
+    assert source.kind == "adapter" and source.base == str(tiny_model_dir)
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        expected = lora(ids).logits
+        model, _ = load_model(str(adapter), device="cpu", base=str(tiny_model_dir))
+        torch.testing.assert_close(model(ids).logits, expected, atol=1e-5, rtol=0)
+        config_file.write_text(json.dumps({**config, "base_model_name_or_path": str(tiny_model_dir)}))
+        model, _ = load_model(str(adapter), device="cpu")
+        torch.testing.assert_close(model(ids).logits, expected, atol=1e-5, rtol=0)
