@@ -132,16 +132,21 @@ def load_gguf(gguf: Path, dtype: Any = None) -> tuple[Any, Any]:
     return model, tokenizer
 
 
+def bundled_lm_name(spec: str) -> str:
+    """The bundled causal LM a `bundled:NAME` spec names; a ModelNotFoundError listing the choices if none."""
+    name = spec[len(BUNDLED_PREFIX) :]
+    entry = BUNDLED_MODELS.get(name)
+    if entry is None or entry.kind != "causal_lm":
+        choices = [BUNDLED_PREFIX + n for n, e in BUNDLED_MODELS.items() if e.kind == "causal_lm"]
+        raise ModelNotFoundError(f"{spec!r} is not a bundled causal LM; choose one of {choices}")
+    return name
+
+
 def resolve_model_path(spec: str) -> str:
     """A spec as `from_pretrained` takes it: a local directory or a hub id (bundled GGUFs are converted; an
     `agentrl train` run or checkpoint directory resolves to its newest checkpoint's `model/`)."""
     if spec.startswith(BUNDLED_PREFIX):
-        name = spec[len(BUNDLED_PREFIX) :]
-        entry = BUNDLED_MODELS.get(name)
-        if entry is None or entry.kind != "causal_lm":
-            choices = [BUNDLED_PREFIX + n for n, e in BUNDLED_MODELS.items() if e.kind == "causal_lm"]
-            raise ModelNotFoundError(f"{spec!r} is not a bundled causal LM; choose one of {choices}")
-        return str(convert_bundled_gguf(name))
+        return str(convert_bundled_gguf(bundled_lm_name(spec)))
     path = _local_or_hub(spec)
     checkpoint = checkpoint_model_dir(Path(path)) if Path(path).is_dir() else None
     return str(checkpoint) if checkpoint is not None else path
@@ -197,11 +202,7 @@ def inspect_model(spec: str, base: str | None = None) -> ModelSource:
     checkpoint, an adapter nor a model, and for an adapter whose base model cannot be found (`base` replaces
     the base its adapter_config.json names)."""
     if spec.startswith(BUNDLED_PREFIX):
-        name = spec[len(BUNDLED_PREFIX) :]
-        entry = BUNDLED_MODELS.get(name)
-        if entry is None or entry.kind != "causal_lm":
-            choices = [BUNDLED_PREFIX + n for n, e in BUNDLED_MODELS.items() if e.kind == "causal_lm"]
-            raise ModelNotFoundError(f"{spec!r} is not a bundled causal LM; choose one of {choices}")
+        bundled_lm_name(spec)
         return ModelSource(spec, "bundled", spec)
     local = _local_or_hub(spec)
     path = Path(local)
