@@ -25,6 +25,8 @@ from tests.conftest import requires_minilm, requires_smollm2
 def test_unknown_bundled_name_lists_choices() -> None:
     with pytest.raises(ModelNotFoundError, match="bundled:smollm2-135m-instruct"):
         resolve_model_path("bundled:smollm3")
+    with pytest.raises(ModelNotFoundError, match="not a bundled causal LM"):
+        inspect_model("bundled:all-minilm-l6-v2")
     with pytest.raises(ModelNotFoundError, match="not a bundled encoder"):
         resolve_encoder_path("bundled:smollm2-135m-instruct")
 
