@@ -22,6 +22,7 @@ from agentrl.evaluation import EvalSettings, evaluate
 from agentrl.evaluation_records import QuestionRecord
 from agentrl.evaluation_report import plot_pass_at_k, report_markdown
 from agentrl.evaluation_store import PASS_AT_K_PNG, REPORT_MD, EvalStore
+from agentrl.models import ModelSource
 from agentrl.types import Task
 
 Stage = Callable[[str], None]
@@ -46,16 +47,12 @@ def eval_config(cfg: Any) -> Any:
 
 def load_eval_tasks(cfg: Any) -> list[Task]:
     """The evaluation questions of `cfg.eval.data`; a ValueError naming the file when none is usable."""
-    from agentrl.rollout.setup import env_kwargs_for
-    from agentrl.rollout.tasks import load_rollout_tasks
+    from agentrl.rollout.setup import section_tasks
 
     e = cfg.eval.data
     where = e.path or e.dataset
     try:
-        tasks = load_rollout_tasks(
-            e.dataset, e.path, e.num_tasks, seed=e.seed, env_id=cfg.env.id, env_kwargs=env_kwargs_for(cfg),
-            split=e.split, options=e.options,
-        )  # fmt: skip
+        tasks = section_tasks(cfg, e)
     except ValueError as exc:
         if "gave no tasks" in str(exc):
             message = f"{where}: 0 usable questions for loader {e.dataset!r} ({e.split} split)"
@@ -68,14 +65,14 @@ def load_eval_tasks(cfg: Any) -> list[Task]:
 
 
 def check_overlap(
-    cfg: Any, tasks: list[Task], train_files: list[str], allow_overlap: bool, stage: Stage
+    cfg: Any, tasks: list[Task], train_files: list[str], allow_overlap: bool, stage: Stage, model: ModelSource
 ) -> None:
     """Refuse (unless `allow_overlap`) questions that also appear in `train_files` (read with the evaluation
-    data's loader) or, for an `agentrl train` checkpoint, in the run's training data."""
+    data's loader) or, when `model` is an `agentrl train` checkpoint, in the run's training data."""
     from agentrl.data_overlap import find_overlaps, overlap_message
 
     sources = [(f, _file_tasks(cfg.eval.data.dataset, f)) for f in train_files]
-    run = _run_training_tasks(cfg)
+    run = _run_training_tasks(model)
     if run is not None:
         sources.append(run)
     for name, train in sources:
@@ -96,11 +93,8 @@ def _file_tasks(dataset: str | None, path: str) -> list[Task]:
     return load_tasks(dataset, path)
 
 
-def _run_training_tasks(cfg: Any) -> tuple[str, list[Task]] | None:
-    """The training questions of the `agentrl train` run a checkpoint spec belongs to (its config.yaml)."""
-    from agentrl.models import inspect_model
-
-    source = inspect_model(cfg.model.name, cfg.model.base)
+def _run_training_tasks(source: ModelSource) -> tuple[str, list[Task]] | None:
+    """The training questions of the `agentrl train` run a checkpoint belongs to (its config.yaml)."""
     if source.kind != "checkpoint" or source.checkpoint is None:
         return None
     config_file = Path(source.checkpoint).parent.parent / "config.yaml"
@@ -108,15 +102,11 @@ def _run_training_tasks(cfg: Any) -> tuple[str, list[Task]] | None:
         return None
     from agentrl.config import load_config
     from agentrl.experiment import ExperimentConfig
-    from agentrl.rollout.setup import env_kwargs_for
-    from agentrl.rollout.tasks import load_rollout_tasks
+    from agentrl.rollout.setup import section_tasks
 
     run = load_config(ExperimentConfig, config_file, [])
     d = run.data
-    tasks = load_rollout_tasks(
-        d.dataset, d.path, d.num_tasks, seed=d.seed, env_id=run.env.id, env_kwargs=env_kwargs_for(run),
-        split=d.split, options=d.options,
-    )  # fmt: skip
+    tasks = section_tasks(run, d)
     return f"the training data of {config_file.parent} ({d.dataset} {d.path or dict(d.options)})", tasks
 
 
@@ -146,7 +136,7 @@ def run_eval(
     model_source = inspect_model(cfg.model.name, cfg.model.base)
     say(f"loading questions ({' '.join(str(p) for p in (cfg.eval.data.dataset, cfg.eval.data.path) if p)})")
     tasks = load_eval_tasks(cfg)
-    check_overlap(cfg, tasks, list(train_files or []), allow_overlap, say)
+    check_overlap(cfg, tasks, list(train_files or []), allow_overlap, say, model_source)
     if cfg.threads is not None:
         import torch
 

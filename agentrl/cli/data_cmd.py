@@ -71,8 +71,7 @@ def filter_command(
     from agentrl.evaluation import EvalSettings
     from agentrl.experiment import ExperimentConfig
     from agentrl.models import ModelNotFoundError, inspect_model
-    from agentrl.rollout.setup import env_kwargs_for
-    from agentrl.rollout.tasks import load_rollout_tasks
+    from agentrl.rollout.setup import section_tasks
     from agentrl.seeding import derive_seed
     from agentrl.train.recipe import check_config
     from environments.datasets import load_tasks
@@ -96,16 +95,12 @@ def filter_command(
         settings.validate()
         if difficulty:
             inspect_model(cfg.model.name, cfg.model.base)
-        d = cfg.data
-        tasks = load_rollout_tasks(
-            d.dataset, d.path, d.num_tasks, seed=d.seed, env_id=cfg.env.id, env_kwargs=env_kwargs_for(cfg),
-            split=d.split, options=d.options,
-        )  # fmt: skip
+        tasks = section_tasks(cfg, cfg.data)
         total, seen = len(tasks), 0
         for file in eval_data or []:
             if not Path(file).exists():
                 raise FileNotFoundError(f"--eval-data: {file} does not exist")
-            tasks, overlaps = drop_overlaps(tasks, load_tasks(eval_dataset or d.dataset, file))
+            tasks, overlaps = drop_overlaps(tasks, load_tasks(eval_dataset or cfg.data.dataset, file))
             seen += len(overlaps)
             if overlaps:
                 message = overlap_message(overlaps, total, file, what="training questions")

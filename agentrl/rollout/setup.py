@@ -12,7 +12,8 @@ from typing import Any
 
 from agentrl.rollout.engine import EngineConfig, RolloutEngine, RolloutStats
 from agentrl.rollout.executors import Executor, build_executor
-from agentrl.types import Trajectory
+from agentrl.rollout.tasks import load_rollout_tasks
+from agentrl.types import Task, Trajectory
 
 
 def import_env_module(env_id: str) -> str:
@@ -105,6 +106,16 @@ def env_kwargs_for(cfg: Any, retriever: Any = None) -> dict[str, Any]:
     return kwargs
 
 
+def section_tasks(cfg: Any, section: Any, env_kwargs: dict[str, Any] | None = None) -> list[Task]:
+    """The tasks a data section of `cfg` (`data`, `eval.data` or `sft.data`) names, for `cfg.env`
+    (`env_kwargs` default: `env_kwargs_for(cfg)`)."""
+    kwargs = env_kwargs_for(cfg) if env_kwargs is None else env_kwargs
+    return load_rollout_tasks(
+        section.dataset, section.path, section.num_tasks, seed=section.seed, env_id=cfg.env.id,
+        env_kwargs=kwargs, split=section.split, options=section.options,
+    )  # fmt: skip
+
+
 def build_generator_for(cfg: Any, model: Any = None, tokenizer: Any = None) -> Any:
     from agentrl.generation import build_generator
 
@@ -180,14 +191,9 @@ def run_from_config(
     `on_stage(text)` announces each stage, `on_start(total)` gives the number of episodes before sampling and
     `on_finish(n)` reports n more finished episodes.
     """
-    from agentrl.rollout.tasks import load_rollout_tasks
-
     stage = on_stage or (lambda text: None)
     stage(f"loading tasks ({cfg.data.dataset})")
-    tasks = load_rollout_tasks(
-        cfg.data.dataset, cfg.data.path, cfg.data.num_tasks, seed=cfg.data.seed, env_id=cfg.env.id,
-        env_kwargs=env_kwargs_for(cfg), split=cfg.data.split, options=cfg.data.options,
-    )  # fmt: skip
+    tasks = section_tasks(cfg, cfg.data)
     stage(f"loading {cfg.model.name}")
     model, tokenizer = load_policy(cfg)
     engine, executor = build_engine(cfg, build_generator_for(cfg, model, tokenizer), tokenizer)

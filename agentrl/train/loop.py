@@ -155,8 +155,13 @@ class Trainer:
     # ----------------------------------------------------------------- set-up
 
     def build(self) -> None:
-        from agentrl.rollout.setup import build_engine, build_generator_for, env_kwargs_for, load_policy
-        from agentrl.rollout.tasks import load_rollout_tasks
+        from agentrl.rollout.setup import (
+            build_engine,
+            build_generator_for,
+            env_kwargs_for,
+            load_policy,
+            section_tasks,
+        )
 
         cfg = self.cfg
         if cfg.threads is not None:
@@ -191,11 +196,7 @@ class Trainer:
                 self.reference.requires_grad_(False)
         self.display.note(f"loading tasks ({cfg.data.dataset})")
         kwargs = env_kwargs_for(cfg)
-        d = cfg.data
-        self.tasks = load_rollout_tasks(
-            d.dataset, d.path, d.num_tasks, seed=d.seed, env_id=cfg.env.id, env_kwargs=kwargs, split=d.split,
-            options=d.options,
-        )  # fmt: skip
+        self.tasks = section_tasks(cfg, cfg.data, kwargs)
         self.display.note("building the environment and retriever")
         if cfg.rollout.backend == "vllm":
             from agentrl.train.cluster import launch_vllm_engines
@@ -216,11 +217,7 @@ class Trainer:
         )  # fmt: skip
         self.eval_tasks = None
         if cfg.eval.enabled:
-            e = cfg.eval.data
-            self.eval_tasks = load_rollout_tasks(
-                e.dataset, e.path, e.num_tasks, seed=e.seed, env_id=cfg.env.id, env_kwargs=kwargs,
-                split=e.split, options=e.options,
-            )  # fmt: skip
+            self.eval_tasks = section_tasks(cfg, cfg.eval.data, kwargs)
         if self.worker is None and (self.state.phase != "sft" or cfg.trainer.num_workers == 0):
             self.worker = self._rl_worker()  # a worker group waits for the weights SFT leaves
         self.fade = FadeState()

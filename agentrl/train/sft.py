@@ -13,7 +13,6 @@ import torch
 
 from agentrl.rollout.engine import RolloutEngine
 from agentrl.rollout.io import read_trajectories, write_trajectories
-from agentrl.rollout.tasks import load_rollout_tasks
 from agentrl.seeding import derive_seed
 from agentrl.train.sft_data import OracleGenerator, keep_successes, oracle_episodes
 from agentrl.train.step_batch import sft_batch
@@ -24,7 +23,7 @@ from trainers.worker import LocalPolicyWorker, WorkerConfig, finalize_metrics
 
 def sft_episodes(trainer: Any) -> tuple[list[Trajectory], dict[str, float]]:
     """The episodes to imitate for `trainer.cfg.sft`, and a report of how many were kept."""
-    from agentrl.rollout.setup import env_kwargs_for
+    from agentrl.rollout.setup import section_tasks
 
     cfg, s = trainer.cfg, trainer.cfg.sft
     seed = derive_seed(cfg.seed, "sft")
@@ -32,11 +31,7 @@ def sft_episodes(trainer: Any) -> tuple[list[Trajectory], dict[str, float]]:
         assert s.path is not None
         episodes = read_trajectories(s.path)
         return keep_successes(episodes, s.min_reward)
-    d = s.data
-    tasks = load_rollout_tasks(
-        d.dataset, d.path, d.num_tasks, seed=d.seed, env_id=cfg.env.id, env_kwargs=env_kwargs_for(cfg),
-        split=d.split, options=d.options,
-    )  # fmt: skip
+    tasks = section_tasks(cfg, s.data)
     if s.source == "oracle":
         trainer.display.note(f"playing {len(tasks)} oracle episodes through the rollout engine")
         oracle = OracleGenerator(trainer.tokenizer, tasks)
