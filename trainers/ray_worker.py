@@ -183,7 +183,9 @@ class PolicyRank:
     def ipc_handles(self) -> dict[str, dict[str, dict[str, Any]]]:
         """{this GPU's UUID: {name: CUDA IPC handle}} of the trainable parameters, for a colocated engine
         on the same GPU (`agentrl.generation.vllm_worker.WeightReceiver.update_weights_from_ipc`)."""
-        uuid = str(torch.cuda.get_device_properties(self.device).uuid)
+        from agentrl.generation.vllm_worker import device_uuid
+
+        uuid = device_uuid(self.device)
         named = trainable_parameters(self.worker.model)
         return {uuid: {name: cuda_ipc_handle(p.detach()) for name, p in named}}
 

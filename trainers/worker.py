@@ -44,11 +44,6 @@ class PolicyWorker(Protocol):
 
     def forward_backward(self, batch: PolicyBatch) -> dict[str, float]: ...
 
-    def _zero_grads(self) -> None:
-        for p in self.params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-
     def optim_step(self) -> dict[str, float]: ...
 
     def sync_weights(self, generator: Any) -> None: ...

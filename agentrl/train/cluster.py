@@ -136,9 +136,10 @@ def launch_vllm_engines(cfg: Any, worker: Any, adapter_dir: Any) -> Any:
 
     v = cfg.rollout.vllm
     colocated = v.placement == "colocated"
-    options = vllm_options(cfg, lora=cfg.finetune.mode == "lora", sleep=colocated)
+    lora = cfg.finetune.mode == "lora"
+    options = vllm_options(cfg, lora=lora, sleep=colocated)
     return launch_engines(
-        resolve_model_path(cfg.model.name), options, v.num_engines, v.placement, cfg.finetune.mode == "lora",
+        resolve_model_path(cfg.model.name), options, v.num_engines, v.placement, lora,
         adapter_dir, colocate_with=worker.placement_group if colocated else None,
     )  # fmt: skip
 
