@@ -197,9 +197,7 @@ def connect(cfg: Any, source: str) -> bool:
     except ValueError as exc:
         if owns:
             release_ray()
+        if isinstance(exc, ConfigError):
+            raise
         raise ConfigError(f"{source}: {exc}") from None
-    except ConfigError:
-        if owns:
-            release_ray()
-        raise
     return owns
