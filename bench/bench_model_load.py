@@ -16,7 +16,7 @@ import sys
 import tempfile
 
 LOAD = (
-    "import time, transformers, torch; from agentrl.models import load_model;"
+    "import time, transformers, torch; from agentrl.core.models import load_model;"
     "t = time.perf_counter(); load_model({spec!r}, device='cpu');"
     "print(time.perf_counter() - t)"
 )

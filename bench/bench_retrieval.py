@@ -26,7 +26,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agentrl.models import resolve_encoder_path  # noqa: E402
+from agentrl.core.models import resolve_encoder_path  # noqa: E402
 from retrievers.build import BuildConfig, build_index  # noqa: E402
 from retrievers.client import HttpRetriever  # noqa: E402
 from retrievers.corpora import read_corpus  # noqa: E402

@@ -22,9 +22,9 @@ from typing import Any
 
 import torch
 
-from agentrl.generation.base import SamplingParams
+from agentrl.core.generator import SamplingParams
+from agentrl.core.models import load_model
 from agentrl.generation.hf import HFGenerator
-from agentrl.models import load_model
 from agentrl.rollout import EngineConfig, LocalExecutor, RolloutEngine
 from agentrl.rollout.executors import make_env
 from agentrl.rollout.tasks import env_default_tasks

@@ -45,7 +45,7 @@ def gemm_peak(threads: int, size: int = 1024, repeats: int = 8) -> float:
 
 
 def agentrl_trainer(threads: int, steps: int, out: Path):  # type: ignore[no-untyped-def]
-    from agentrl.config import load_config
+    from agentrl.core.config import load_config
     from agentrl.experiment import ExperimentConfig
     from agentrl.train.display import TrainDisplay
     from agentrl.train.loop import Trainer
@@ -85,7 +85,7 @@ def time_trl(threads: int, steps: int, warmup: int, out: Path) -> list[float]:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from agentrl.models import resolve_model_path
+    from agentrl.core.models import resolve_model_path
     from environments.math_answers import MATH_INSTRUCTION, math_equal, parse_math_response
     from environments.math_env import arithmetic_task
 
@@ -136,8 +136,9 @@ def time_trl(threads: int, steps: int, warmup: int, out: Path) -> list[float]:
 def naive_update(trainer, repeats: int) -> tuple[float, float, float]:  # type: ignore[no-untyped-def]
     """(agentrl update s, naive full-logits update s, FLOPs of one forward + backward) on one sampled batch.
 
-    FLOPs follow the 6 x params x tokens convention: 6 x non-embedding params x tokens for the transformer,
-    plus 6 x vocab x hidden for each position whose logits the naive update computes.
+    FLOPs follow the 6 x params x tokens convention over the weights that multiply activations: every
+    parameter but the input embedding (a lookup, not a GEMM), the output head's vocab x hidden included
+    (the naive update computes logits at every position); tokens are the batch's non-padding positions.
     """
     from agentrl.train.step_batch import policy_minibatch, step_tensors
     from trainers.losses import policy_loss
@@ -178,9 +179,10 @@ def naive_update(trainer, repeats: int) -> tuple[float, float, float]:  # type: 
             runs.append(time.perf_counter() - start)
         timings[name] = statistics.median(runs)
     tokens = int(batch.attention_mask.sum())
+    embedding = model.get_input_embeddings().weight
     head = model.get_output_embeddings().weight
-    body = sum(p.numel() for p in model.parameters()) - head.numel()
-    flops = 6 * body * tokens + 6 * head.numel() * tokens
+    body = sum(p.numel() for p in model.parameters() if p is not embedding and p is not head)
+    flops = 6 * (body + head.numel()) * tokens
     return timings["ours"], timings["naive"], float(flops)
 
 

@@ -37,7 +37,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from agentrl.types import Task
+from agentrl.core.types import Task
 
 MAX_TEXT_LENGTH = 10_000_000
 
@@ -80,7 +80,8 @@ def coerce_task(task: Task | Mapping[str, Any]) -> Task:
     if isinstance(task, Mapping):
         return Task.from_dict(dict(task))
     raise TypeError(
-        f"options['task'] must be an agentrl.types.Task or a dict of Task fields, got {type(task).__name__}"
+        "options['task'] must be an agentrl.core.types.Task or a dict of Task fields, "
+        f"got {type(task).__name__}"
     )
 
 

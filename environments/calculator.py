@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from agentrl.types import Task
+from agentrl.core.types import Task
 from environments.tools import Tool, ToolEnv, tool
 
 _BINARY: dict[type[ast.operator], Callable[[Any, Any], Any]] = {

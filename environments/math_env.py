@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from agentrl.types import Task
+from agentrl.core.types import Task
 from environments.base import Message, StepResult, TextEnv
 from environments.math_answers import EQUIVALENCE_MODES, MATH_INSTRUCTION, math_equal, parse_math_response
 

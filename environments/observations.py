@@ -17,11 +17,17 @@ class TokenizerLike(Protocol):
     def decode(self, ids: list[int], skip_special_tokens: bool = ...) -> str: ...
 
 
+def unwrap_document(hit: Any) -> Any:
+    """The document of a Search-R1 `{"document": {...}, "score": ...}` hit; any other hit as it is."""
+    if isinstance(hit, dict) and isinstance(hit.get("document"), dict):
+        return hit["document"]
+    return hit
+
+
 def hit_fields(hit: Any) -> tuple[str, str]:
     """(title, text) of a hit: a `Hit`, a `{"title", "text"}` dict or a Search-R1 `{"contents"}` dict."""
+    hit = unwrap_document(hit)
     if isinstance(hit, dict):
-        if "document" in hit and isinstance(hit["document"], dict):
-            hit = hit["document"]
         if "contents" in hit and "text" not in hit:
             title, _, text = str(hit["contents"]).partition("\n")
             return title.strip('"'), text
@@ -40,11 +46,9 @@ def format_documents(hits: Sequence[Any]) -> str:
 
 def hit_contents(hit: Any) -> str:
     """A hit in Search-R1's `contents` form, `"Title"\ntext`: a Search-R1 dict's own `contents` verbatim."""
-    if isinstance(hit, dict):
-        if "document" in hit and isinstance(hit["document"], dict):
-            hit = hit["document"]
-        if "contents" in hit:
-            return str(hit["contents"])
+    hit = unwrap_document(hit)
+    if isinstance(hit, dict) and "contents" in hit:
+        return str(hit["contents"])
     title, text = hit_fields(hit)
     return f'"{title}"\n{text}'
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import gymnasium as gym
 
-from agentrl.types import Task
+from agentrl.core.types import Task
 from environments.rewards import answer_in_text, normalize_answer
 
 _JUDGED = frozenset({"yes", "no"})

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from agentrl.types import Task
+from agentrl.core.types import Task
 from environments.sandbox import Sandbox, SandboxLimits
 from environments.tools import Tool, ToolArgumentError, ToolEnv
 

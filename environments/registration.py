@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import gymnasium as gym
 
-from agentrl.registry import Registry
+from agentrl.core.registry import Registry
 
 ENVIRONMENTS: Registry[str] = Registry("environment")
 ENVIRONMENTS.add("agentrl/Math-v0", "environments.math_env:MathEnv")

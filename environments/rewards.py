@@ -14,7 +14,7 @@ import string
 from collections import Counter
 from collections.abc import Callable, Sequence
 
-from agentrl.registry import Registry
+from agentrl.core.registry import Registry
 
 _PUNCTUATION = frozenset(string.punctuation)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")

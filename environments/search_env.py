@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from agentrl.types import Task
+from agentrl.core.types import Task
 from environments.base import Message, StepResult, TextEnv
 from environments.observations import (
     OBSERVATION_FORMATS,

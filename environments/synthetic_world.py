@@ -23,7 +23,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from agentrl.types import Task
+from agentrl.core.types import Task
 
 MONTHS = "January February March April May June July August September October November December".split()
 _ONSETS = "b br c d dr f g gr h k l m n p pr r s st t tr v z th sh".split()

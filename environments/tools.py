@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from agentrl.types import Task
+from agentrl.core.types import Task
 from environments.base import Message, StepResult, TextEnv
 from environments.math_answers import math_equal
 from environments.observations import truncate, wrap

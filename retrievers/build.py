@@ -11,7 +11,6 @@ A resumed build must use the same settings; `restart=True` discards the partial 
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import shutil
@@ -19,13 +18,13 @@ import signal
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from agentrl.files import atomic_open
-from agentrl.progress import make_progress
-from agentrl.registry import Registry
+from agentrl.core.files import atomic_open
+from agentrl.core.progress import make_progress
+from agentrl.core.registry import Registry
 from retrievers.corpora import detect_format, read_corpus
 from retrievers.docstore import DocStore, DocStoreWriter
 from retrievers.encoders import Encoder, EncoderSpec
@@ -33,9 +32,8 @@ from retrievers.index_meta import (
     BM25_DIR,
     DOCS_FILE,
     FAISS_FILE,
-    FORMAT,
     META_FILE,
-    VERSION,
+    meta_header,
     write_json_atomic,
 )
 
@@ -120,14 +118,7 @@ def build_index(cfg: BuildConfig) -> BuildReport:
     num_docs = int(state["num_docs"])
     docs = DocStore(work / DOCS_FILE)
 
-    meta: dict[str, Any] = {
-        "format": FORMAT,
-        "version": VERSION,
-        "kind": cfg.kind,
-        "num_docs": num_docs,
-        "corpus": {"path": str(corpus.resolve()), "format": fmt},
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-    }
+    meta = meta_header(cfg.kind, num_docs, corpus, fmt)
     encoded = reused = 0
     if needs_dense and spec is not None:
         encoder = Encoder.from_spec(spec, device=cfg.device)
@@ -173,7 +164,16 @@ def store_corpus(corpus: Path, fmt: str, target: Path, console: Any, progress: b
     return writer.count
 
 
-def encoder_overrides(cfg: Any) -> dict[str, Any]:
+class EncoderConventions(Protocol):
+    """The encoder-convention fields a build (`BuildConfig`) or import (`ImportConfig`) config carries."""
+
+    query_prefix: str | None
+    passage_prefix: str | None
+    pooling: str | None
+    normalize: bool | None
+
+
+def encoder_overrides(cfg: EncoderConventions) -> dict[str, Any]:
     """The encoder conventions a build or import config sets explicitly (`--query-prefix`,
     `--passage-prefix`, `--pooling`, `--normalize`), which replace the family's; recorded in `meta.json`."""
     chosen = {
@@ -329,7 +329,7 @@ def config_from_dict(
 ) -> BuildConfig:
     """A `BuildConfig` from a YAML mapping plus non-None `overrides`, checked like every agentrl config:
     unknown keys name the closest valid key, wrong types and missing `corpus` / `out` name the key."""
-    from agentrl.config import from_dict
+    from agentrl.core.config import from_dict
 
     merged = {**data, **{k: v for k, v in overrides.items() if v is not None}}
     return from_dict(BuildConfig, merged, source=source)

@@ -15,15 +15,14 @@ Bad input raises `CorpusFormatError` naming the file, line and field.
 from __future__ import annotations
 
 import csv
-import gzip
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from agentrl.files import iter_jsonl, open_text, utf8_problem
-from agentrl.registry import Registry
+from agentrl.core.files import iter_jsonl, open_binary, open_text, utf8_problem
+from agentrl.core.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -102,7 +101,7 @@ def utf8_checked(path: Path, items: Iterator[T]) -> Iterator[T]:
 
 
 def _first_non_utf8(path: Path) -> tuple[int | None, str]:
-    with gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb") as handle:
+    with open_binary(path) as handle:
         for line_no, raw in enumerate(handle, start=1):
             try:
                 raw.decode("utf-8")

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from agentrl.registry import Registry
+from agentrl.core.registry import Registry
 
 POOLING_MODES = ("mean", "cls", "lasttoken", "model")
 E5_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
@@ -96,7 +96,7 @@ class EncoderSpec:
     """Everything needed to encode text exactly as an index was built; stored under `encoder` in `meta.json`.
 
     Attributes:
-        model: model spec for `agentrl.models.load_encoder` (`bundled:...`, a local dir or a hub id).
+        model: model spec for `agentrl.core.models.load_encoder` (`bundled:...`, a local dir or a hub id).
         family: encoder family name.
         query_prefix, passage_prefix, pooling, normalize: the family's conventions (overridable).
         max_length: maximum tokens per text; longer texts are truncated.
@@ -183,7 +183,7 @@ class Encoder:
     @classmethod
     def from_spec(cls, spec: EncoderSpec, device: str = "auto") -> Encoder:
         """Load the model named by `spec` and apply its pooling, length and dtype; fills in `spec.dim`."""
-        from agentrl.models import load_encoder
+        from agentrl.core.models import load_encoder
 
         model = load_encoder(spec.model, device=device, max_length=spec.max_length)
         if spec.pooling != "model":

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agentrl.registry import Registry
+from agentrl.core.registry import Registry
 from retrievers.base import Retriever
 from retrievers.index_meta import read_meta
 

@@ -9,17 +9,15 @@ encoder conventions that queries will be encoded with. The FAISS file stays wher
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 from retrievers.build import encoder_overrides, store_corpus
 from retrievers.corpora import detect_format
 from retrievers.encoders import EncoderSpec
-from retrievers.index_meta import DOCS_FILE, FORMAT, META_FILE, VERSION, write_json_atomic
+from retrievers.index_meta import DOCS_FILE, META_FILE, meta_header, write_json_atomic
 
 
 @dataclass
@@ -95,13 +93,8 @@ def import_faiss_index(cfg: ImportConfig) -> ImportReport:
         )
     os.replace(staging, out / DOCS_FILE)
     seconds = time.perf_counter() - start
-    meta: dict[str, Any] = {
-        "format": FORMAT,
-        "version": VERSION,
-        "kind": "dense",
-        "num_docs": num_docs,
-        "corpus": {"path": str(corpus.resolve()), "format": fmt},
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    meta = {
+        **meta_header("dense", num_docs, corpus, fmt),
         "encoder": spec.to_dict(),
         "encoder_overrides": encoder_overrides(cfg),
         "dense": {"index_type": faiss_type, "metric": "inner_product", "file": _file_entry(faiss_path, out)},

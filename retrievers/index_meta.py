@@ -12,11 +12,12 @@ Layout:
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
 from typing import Any
 
-from agentrl.files import atomic_open
+from agentrl.core.files import atomic_open
 
 META_FILE = "meta.json"
 DOCS_FILE = "docs.sqlite"
@@ -31,6 +32,19 @@ def write_json_atomic(path: Path, data: Any) -> None:
     with atomic_open(path) as handle:
         json.dump(data, handle, indent=2, sort_keys=True)
         handle.write("\n")
+
+
+def meta_header(kind: str, num_docs: int, corpus: Path, corpus_format: str) -> dict[str, Any]:
+    """The fields every `meta.json` starts with: format and version, index kind, document count, the corpus
+    it was made from and when."""
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "kind": kind,
+        "num_docs": num_docs,
+        "corpus": {"path": str(corpus.resolve()), "format": corpus_format},
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
 
 
 def read_meta(index_dir: str | Path) -> dict[str, Any]:

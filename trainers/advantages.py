@@ -4,7 +4,7 @@ Call `compute_advantages(scheme, rewards, group_ids, **params)`; list the scheme
 Every scheme maps rewards r [N] and group ids [N] (any integers, groups of any size, in any order) to one
 advantage per trajectory [N] (float64). Group statistics are float64 and vectorized (see `trainers.groups`).
 
-Conventions shared by every scheme (the specification is ALGORITHMS.md; formulas cite the papers):
+Conventions shared by every scheme (the specification is docs/algorithms.md; formulas cite the papers):
 
 * r̄ is the group mean, σ the group standard deviation (`std="population"` by default, `"sample"` for Bessel's
   correction), p the group success rate, q = 1 - p.
@@ -19,7 +19,7 @@ Conventions shared by every scheme (the specification is ALGORITHMS.md; formulas
 * Schemes of the form f(r̄)·(r - r̄) with powers of (1 - r̄) or r̄ assume rewards in [0, 1]; the bases are
   clamped to [0, 1] so out-of-range rewards cannot produce NaN.
 
-Notes where the papers are followed over the one-line table in ALGORITHMS.md:
+Notes where the papers are followed over the one-line scheme table of docs/algorithms.md:
 
 * `passk_tang`: FADE App. 8.4.1 states the mass as the unnormalized sum Σ_{i∈S} A_i over a group of k = G
   samples, E = k·p·q^(k-1); with the table's 1/G normalization this is p·q^(k-1). The leave-one-out maximum is
@@ -44,7 +44,7 @@ from typing import Any
 
 import torch
 
-from agentrl.registry import Registry
+from agentrl.core.registry import Registry
 from trainers.groups import GroupIndex
 
 Tensor = torch.Tensor
@@ -54,6 +54,32 @@ SCHEMES: Registry[Scheme] = Registry("advantage scheme")
 
 RAW_REWARD_SCHEMES = frozenset({"reinforce", "psr", "nsr", "w_reinforce"})
 
+BATCH_INPUTS = {
+    "lengths": "[N] agent tokens of each trajectory",
+    "entropy": "H_t, the batch mean of per-trajectory mean -log π over sampled tokens",
+    "state": "the run's scheme state (a `FadeState`), advanced in place once per batch",
+}
+_SCHEME_INPUTS: dict[Scheme, tuple[str, ...]] = {}
+
+
+def reads(*inputs: str) -> Callable[[Scheme], Scheme]:
+    """Declare the batch inputs (`BATCH_INPUTS`) a scheme reads besides rewards and groups; a trainer fills
+    each one in (`scheme_inputs`) unless the caller passes it."""
+    unknown = sorted(set(inputs) - set(BATCH_INPUTS))
+    if unknown:
+        raise ValueError(f"unknown batch input(s) {unknown}; known: {', '.join(BATCH_INPUTS)}")
+
+    def mark(fn: Scheme) -> Scheme:
+        _SCHEME_INPUTS[fn] = inputs
+        return fn
+
+    return mark
+
+
+def scheme_inputs(scheme: str) -> tuple[str, ...]:
+    """The batch inputs `scheme` reads (`reads`), in declaration order; () for most schemes."""
+    return _SCHEME_INPUTS.get(SCHEMES.get(scheme), ())
+
 
 def compute_advantages(scheme: str, rewards: Any, group_ids: Any, **params: Any) -> Tensor:
     """Per-trajectory advantages of a named scheme.
@@ -62,7 +88,8 @@ def compute_advantages(scheme: str, rewards: Any, group_ids: Any, **params: Any)
         scheme: a name in `SCHEMES` (aliases accepted).
         rewards: [N] rewards (anything `torch.as_tensor` accepts; None entries count as missing).
         group_ids: [N] integer group ids (any values, any order).
-        **params: the scheme's options by their ALGORITHMS.md names (`eps`, `std`, `alpha`, `delta`, `k`...).
+        **params: the scheme's options by their docs/algorithms.md names (`eps`, `std`, `alpha`, `delta`,
+            `k`...).
             `fade` also takes `state=FadeState(...)` (updated in place) and `entropy=H_t`.
 
     Returns:
@@ -360,6 +387,7 @@ def passk_tang(r: Tensor, gi: GroupIndex) -> Tensor:
 
 
 @SCHEMES.register("t2t")
+@reads("lengths")
 def t2t(
     r: Tensor,
     gi: GroupIndex,
@@ -472,6 +500,7 @@ def fade_update(
 
 
 @SCHEMES.register("fade")
+@reads("state", "entropy")
 def fade(
     r: Tensor,
     gi: GroupIndex,

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from agentrl.registry import Registry
+from agentrl.core.registry import Registry
 from trainers.groups import GroupIndex
 
 Tensor = torch.Tensor

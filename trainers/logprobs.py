@@ -41,7 +41,7 @@ class TokenStats:
 @dataclass(frozen=True)
 class Processing:
     """The sampling distribution's logit processing: temperature, then top-k, then top-p (nucleus), exactly as
-    `agentrl.generation.base.process_logits` applies it when sampling."""
+    `agentrl.core.generator.process_logits` applies it when sampling."""
 
     temperature: float = 1.0
     top_k: int = 0
@@ -176,7 +176,7 @@ def token_stats(
     """log π, entropy and C(p) of softmax((hidden @ weightᵀ + bias)/temperature), chunked over positions.
 
     With `top_k` / `top_p` the distribution is the sampler's truncated one (renormalised over the kept
-    tokens, as `agentrl.generation.base.process_logits`): a target outside the kept set gets log π = -inf.
+    tokens, as `agentrl.core.generator.process_logits`): a target outside the kept set gets log π = -inf.
 
     Args:
         hidden: [B, T, H] final hidden states (position t predicts targets[:, t]).

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from agentrl.registry import Registry
+from agentrl.core.registry import Registry
 
 Tensor = torch.Tensor
 

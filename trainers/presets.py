@@ -40,7 +40,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from agentrl.registry import Registry
+from agentrl.core.registry import Registry
 from trainers.losses import LossConfig
 
 
@@ -81,9 +81,9 @@ class Preset:
     def from_dict(cls, data: dict[str, Any], source: str = "<preset>", prefix: str = "") -> Preset:
         """Build from a mapping (a YAML block), checking every key and type like any agentrl config.
 
-        Raises `agentrl.config.ConfigError` naming an unknown key and the closest valid one.
+        Raises `agentrl.core.config.ConfigError` naming an unknown key and the closest valid one.
         """
-        from agentrl.config import from_dict
+        from agentrl.core.config import from_dict
 
         return from_dict(cls, data, source=source, prefix=prefix)
 

@@ -28,6 +28,8 @@ from typing import Any
 
 import torch
 
+from agentrl.core.cuda_ipc import cuda_ipc_handle, device_uuid
+from agentrl.core.generator import Generator
 from trainers.batching import PolicyBatch
 from trainers.model_setup import trainable_parameters
 from trainers.worker import OPTIMIZER_FILE, WEIGHTS_DIR, LocalPolicyWorker, WorkerConfig, merge_metrics
@@ -164,7 +166,7 @@ class PolicyRank:
 
     def trainable_state(self) -> dict[str, Tensor]:
         """{name: CPU tensor} of the trainable parameters (what changes between optimizer steps)."""
-        return {name: p.detach().to("cpu", copy=True) for name, p in trainable_parameters(self.worker.model)}
+        return self.worker.trainable_state()
 
     def save(self, directory: str) -> None:
         self.worker.save(directory)
@@ -183,8 +185,6 @@ class PolicyRank:
     def ipc_handles(self) -> dict[str, dict[str, dict[str, Any]]]:
         """{this GPU's UUID: {name: CUDA IPC handle}} of the trainable parameters, for a colocated engine
         on the same GPU (`agentrl.generation.vllm_worker.WeightReceiver.update_weights_from_ipc`)."""
-        from agentrl.generation.vllm_worker import device_uuid
-
         uuid = device_uuid(self.device)
         named = trainable_parameters(self.worker.model)
         return {uuid: {name: cuda_ipc_handle(p.detach()) for name, p in named}}
@@ -214,23 +214,6 @@ class PolicyRank:
 
         if dist.is_initialized():
             dist.destroy_process_group()
-
-
-def cuda_ipc_handle(tensor: Tensor) -> dict[str, Any]:
-    """A CUDA tensor's IPC handle as plain data (sizes, dtype name, handle bytes), so it crosses vLLM's RPC
-    without pickled classes or functions; `agentrl.generation.vllm_worker.open_cuda_ipc_handle` reopens it."""
-    from torch.multiprocessing.reductions import reduce_tensor
-
-    _, args = reduce_tensor(tensor)
-    (_, size, stride, offset, _, dtype, _, handle, size_bytes, offset_bytes, _, ref_handle, ref_offset,
-     event_handle, event_sync) = args  # fmt: skip
-    return {
-        "size": list(size), "stride": list(stride), "offset": int(offset),
-        "dtype": str(dtype).removeprefix("torch."), "handle": handle, "size_bytes": int(size_bytes),
-        "offset_bytes": int(offset_bytes), "ref_counter_handle": ref_handle,
-        "ref_counter_offset": int(ref_offset), "event_handle": event_handle,
-        "event_sync_required": bool(event_sync),
-    }  # fmt: skip
 
 
 def _buckets(tensors: list[Tensor], limit: int) -> list[list[Tensor]]:
@@ -397,21 +380,14 @@ class RayWorkerGroup:
         """Rank 0's trainable parameters by name (CPU)."""
         return self._call_one(0, "trainable_state")
 
-    def sync_weights(self, generator: Any) -> None:
-        """Bring the sampler to rank 0's weights, versioned by `steps`.
+    def sync_weights(self, generator: Generator) -> None:
+        """Bring the sampler to rank 0's weights at policy version `steps`: this group is the generator's
+        `EngineWeights` source (vLLM engines pick a transport; an HF generator copies `trainable_state`)."""
+        generator.update_policy(self, self.steps)
 
-        A generator with `update_policy(source, version)` (vLLM engines) is handed this group as the
-        source; otherwise the generator's own module (`generator.model`, the driver's copy) gets the
-        trainable parameters copied in and its key/value cache is dropped.
-        """
-        update = getattr(generator, "update_policy", None)
-        if callable(update):
-            update(self, self.steps)
-            return
-        load_named_parameters(generator.model, self.trainable_state())
-        clear = getattr(generator, "clear_cache", None)
-        if callable(clear):
-            clear()
+    def live_module(self) -> None:
+        """The trained replicas live in the actors, never in the caller's process."""
+        return None
 
     def ipc_handles(self) -> dict[str, dict[str, Any]]:
         """Every rank's CUDA IPC handles by GPU UUID (colocated engines pick their GPU's)."""
@@ -466,14 +442,3 @@ class RayWorkerGroup:
         if group is not None:
             ray.util.remove_placement_group(group)
             self.placement_group = None
-
-
-def load_named_parameters(model: Any, named: dict[str, Tensor]) -> None:
-    """Copy `named` tensors into `model`'s parameters of the same names (in place, no grad)."""
-    params = dict(model.named_parameters())
-    missing = [n for n in named if n not in params]
-    if missing:
-        raise KeyError(f"the generator's model has no parameters {missing[:5]}")
-    with torch.no_grad():
-        for name, value in named.items():
-            params[name].copy_(value.to(params[name].device, params[name].dtype))

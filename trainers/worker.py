@@ -8,8 +8,9 @@
 
 Batches are plain tensors (`trainers.batching.PolicyBatch`) and every denominator arrives with the batch
 (`LossNormalizer`), so the same calls work for a group of workers that each hold a shard of the minibatch.
-`LocalPolicyWorker` runs in the caller's process; the HF generator shares its module, so syncing only drops
-the generator's key/value cache.
+`sync_weights` hands the worker to the generator's `update_policy` as its `PolicyWeights`
+(`agentrl.core.generator`): `LocalPolicyWorker` runs in the caller's process, so a generator that shares its
+module only drops its key/value cache.
 
 Metrics come back as sums (`*_sum`, `tokens`), maxima (`*_max`) and minima (`*_min`) so shards and
 micro-batches merge with `merge_metrics` before `finalize_metrics` turns them into means.
@@ -25,6 +26,7 @@ from typing import Any, Protocol
 
 import torch
 
+from agentrl.core.generator import Generator
 from trainers.batching import PolicyBatch, pack_micro_batches
 from trainers.filters import FilterInputs, taxonomy_masks
 from trainers.forward import TokenWindow, policy_token_stats
@@ -40,17 +42,24 @@ WEIGHTS_DIR = "model"
 
 
 class PolicyWorker(Protocol):
+    """What the training loop drives: `LocalPolicyWorker` or `trainers.ray_worker.RayWorkerGroup`.
+    `steps` counts the optimizer steps taken (the policy version the generator is synced to)."""
+
+    steps: int
+
     def compute_stats(self, batch: dict[str, Tensor], with_reference: bool = False) -> dict[str, Tensor]: ...
 
     def forward_backward(self, batch: PolicyBatch) -> dict[str, float]: ...
 
     def optim_step(self) -> dict[str, float]: ...
 
-    def sync_weights(self, generator: Any) -> None: ...
+    def sync_weights(self, generator: Generator) -> None: ...
 
     def save(self, directory: str | Path) -> None: ...
 
     def load(self, directory: str | Path) -> None: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass
@@ -270,12 +279,21 @@ class LocalPolicyWorker:
         self._nonfinite = False
         return {"optim/grad_norm": norm, "optim/lr": lr, "optim/skipped": float(skipped)}
 
-    def sync_weights(self, generator: Any) -> None:
-        """The in-process generator shares this module: only its reusable key/value cache goes stale."""
+    def sync_weights(self, generator: Generator) -> None:
+        """Bring `generator` to this worker's weights at policy version `steps`."""
         self.model.eval()
-        clear = getattr(generator, "clear_cache", None)
-        if callable(clear):
-            clear()
+        generator.update_policy(self, self.steps)
+
+    def live_module(self) -> Any:
+        """The trained module itself: it lives in this process."""
+        return self.model
+
+    def trainable_state(self) -> dict[str, Tensor]:
+        """{name: CPU tensor} of the trainable parameters."""
+        return {name: p.detach().to("cpu", copy=True) for name, p in trainable_parameters(self.model)}
+
+    def close(self) -> None:
+        """Nothing outlives the worker in this process; present for the `PolicyWorker` interface."""
 
     def save(self, directory: str | Path) -> None:
         """Weights (full model or LoRA adapter, as safetensors loadable by transformers / peft) under

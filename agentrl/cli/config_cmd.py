@@ -24,7 +24,7 @@ def show(
 
     Unknown keys, wrong types and missing required values are reported with the closest valid key.
     """
-    from agentrl.config import ConfigError, dump_config, load_config
+    from agentrl.core.config import ConfigError, dump_config, load_config
     from agentrl.experiment import ExperimentConfig
 
     with user_errors(ConfigError):

@@ -65,14 +65,14 @@ def filter_command(
     """
     from rich.console import Console
 
-    from agentrl.config import ConfigError, load_config
-    from agentrl.data_filter import check_bounds, difficulty_filter, drop_overlaps, write_tasks
-    from agentrl.data_overlap import overlap_message
-    from agentrl.evaluation import EvalSettings
+    from agentrl.core.config import ConfigError, load_config
+    from agentrl.core.models import ModelNotFoundError, inspect_model
+    from agentrl.core.seeding import derive_seed
+    from agentrl.evaluation.evaluator import EvalSettings
+    from agentrl.evaluation.filter import check_bounds, difficulty_filter, drop_overlaps, write_tasks
+    from agentrl.evaluation.overlap import overlap_message
     from agentrl.experiment import ExperimentConfig
-    from agentrl.models import ModelNotFoundError, inspect_model
     from agentrl.rollout.setup import section_tasks
-    from agentrl.seeding import derive_seed
     from agentrl.train.recipe import check_config
     from environments.datasets import load_tasks
 

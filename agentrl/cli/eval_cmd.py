@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from agentrl.cli.errors import user_errors
+
+if TYPE_CHECKING:
+    from agentrl.evaluation.evaluator import EvalSettings
+    from agentrl.experiment import ExperimentConfig
 
 DEFAULT_CONFIG = Path("configs/quickstart.yaml")
 COMPARE_MD = "compare.md"
@@ -101,10 +105,10 @@ def eval_command(
     Example: agentrl eval -m runs/quickstart/<run> --num-questions 40 -o runs/eval/qs
     --compare bundled:smollm2-135m-instruct
     """
-    from agentrl.config import ConfigError, load_config
-    from agentrl.evaluation import EvalSettings
+    from agentrl.core.config import ConfigError, load_config
+    from agentrl.core.models import ModelNotFoundError
+    from agentrl.evaluation.evaluator import EvalSettings
     from agentrl.experiment import ExperimentConfig
-    from agentrl.models import ModelNotFoundError
 
     flags = {
         "model.name": model, "model.base": base, "model.device": device, "env.id": env,
@@ -130,14 +134,14 @@ def eval_command(
 
 
 def _is_report_dir(spec: str) -> bool:
-    from agentrl.evaluation_store import is_eval_dir
+    from agentrl.evaluation.store import is_eval_dir
 
     return is_eval_dir(spec)
 
 
 def _evaluate(
-    cfg: Any,
-    settings: Any,
+    cfg: ExperimentConfig,
+    settings: EvalSettings,
     output: Path | None,
     overwrite: bool,
     allow_overlap: bool,
@@ -147,7 +151,7 @@ def _evaluate(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from agentrl.evaluation_run import run_eval
+    from agentrl.evaluation.run import run_eval
 
     console = Console(stderr=True)
     columns = (TextColumn("episodes"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -164,7 +168,7 @@ def _evaluate(
 def _print_report(report: dict[str, Any], out_dir: Path | None) -> None:
     from rich.console import Console
 
-    from agentrl.evaluation_report import report_markdown
+    from agentrl.evaluation.report import report_markdown
 
     console = Console(soft_wrap=True)
     console.print(report_markdown(report).split("\n## Manifest")[0], markup=False, highlight=False)
@@ -173,8 +177,8 @@ def _print_report(report: dict[str, Any], out_dir: Path | None) -> None:
 
 
 def _compare(
-    cfg: Any,
-    settings: Any,
+    cfg: ExperimentConfig,
+    settings: EvalSettings,
     main: dict[str, Any],
     entries: list[str],
     output: Path | None,
@@ -190,9 +194,9 @@ def _compare(
 
     from rich.console import Console
 
-    from agentrl.evaluation_manifest import manifest_differences
-    from agentrl.evaluation_report import comparison_markdown, comparison_rows, model_label, plot_pass_at_k
-    from agentrl.evaluation_store import EvalStore
+    from agentrl.evaluation.manifest import manifest_differences
+    from agentrl.evaluation.report import comparison_markdown, comparison_rows, model_label, plot_pass_at_k
+    from agentrl.evaluation.store import EvalStore
 
     reports = [main]
     for i, entry in enumerate(entries):
@@ -219,7 +223,7 @@ def _compare(
     text = comparison_markdown(rows, flags)
     Console(soft_wrap=True).print(text, markup=False, highlight=False)
     if output is not None:
-        from agentrl.files import atomic_open
+        from agentrl.core.files import atomic_open
 
         with atomic_open(output / COMPARE_MD) as f:
             f.write(text)

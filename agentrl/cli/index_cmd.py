@@ -200,7 +200,7 @@ def import_(
 
 def _load_yaml(path: Path) -> dict[str, object]:
     """Build settings from a YAML file: the top level, or its `index:` section when it has one."""
-    from agentrl.config import read_yaml
+    from agentrl.core.config import read_yaml
 
     data = read_yaml(path)
     return data["index"] if isinstance(data.get("index"), dict) else data

@@ -29,8 +29,8 @@ def collect_info() -> dict[str, Any]:
     """Everything `agentrl info` reports, as a JSON-serializable dict."""
     import torch
 
-    from agentrl.models import BUNDLED_MODELS, ModelNotFoundError, _cached_conversion_dir, bundled_path
-    from agentrl.paths import cache_dir, models_cache_dir
+    from agentrl.core.models import BUNDLED_MODELS, ModelNotFoundError, _cached_conversion_dir, bundled_path
+    from agentrl.core.paths import cache_dir, models_cache_dir
 
     cuda = torch.cuda.is_available()
     devices: dict[str, Any] = {

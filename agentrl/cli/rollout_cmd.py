@@ -69,9 +69,9 @@ def rollout(
     Settings come from --config (or the built-in defaults), then OVERRIDES, then the options below.
     Example: agentrl rollout --env agentrl/SearchQA-v0 --num-tasks 8 --group-size 4 --out runs/r.jsonl
     """
-    from agentrl.config import ConfigError, load_config
+    from agentrl.core.config import ConfigError, load_config
+    from agentrl.core.models import ModelNotFoundError
     from agentrl.experiment import ExperimentConfig
-    from agentrl.models import ModelNotFoundError
 
     flags = {
         "model.name": model,

@@ -35,9 +35,9 @@ ForceOpt = Annotated[
 def _run(
     config: Path | None, overrides: list[str] | None, resume: str | None, force: bool, sft_only: bool = False
 ) -> None:
-    from agentrl.config import ConfigError, load_config
+    from agentrl.core.config import ConfigError, load_config
+    from agentrl.core.models import ModelNotFoundError
     from agentrl.experiment import ExperimentConfig
-    from agentrl.models import ModelNotFoundError
     from agentrl.train.loop import TrainingStopped, train
 
     errors = (ConfigError, ModelNotFoundError, ValueError, KeyError, FileNotFoundError, TrainingStopped)

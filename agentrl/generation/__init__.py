@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from agentrl.generation.base import Completion, Generator, SamplingParams, process_logits
-from agentrl.registry import Registry
+from agentrl.core.generator import Completion, Generator, SamplingParams, process_logits
+from agentrl.core.registry import Registry
 
 GENERATORS: Registry[Callable[..., Generator]] = Registry("generation backend")
 

@@ -14,13 +14,14 @@ sliding windows); others raise at construction.
 
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from agentrl.generation.base import Completion, SamplingParams, per_prompt, process_logits
+from agentrl.core.generator import Completion, PolicyWeights, SamplingParams, per_prompt, process_logits
 
 
 class _Buffers:
@@ -125,6 +126,7 @@ class HFGenerator:
         self._prefix: OrderedDict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = OrderedDict()
         self._prefix_tokens = 0
         self._weights_version: int | None = None
+        self.policy_version = 0
         self.stats = {"prefill_tokens": 0, "reused_tokens": 0, "decode_steps": 0, "sampled_tokens": 0}
 
     @property
@@ -135,9 +137,21 @@ class HFGenerator:
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
 
-    def load_weights(self, state_dict: dict[str, Any]) -> None:
-        """Copy a trainer's weights into the model (names as in `model.state_dict()`)."""
-        self.model.load_state_dict(state_dict, strict=False)
+    def update_policy(self, source: PolicyWeights, version: int) -> None:
+        """Take `source`'s weights at `version`: nothing to copy when this generator samples from the very
+        module the worker trains (in-process training), else its trainable parameters are copied in by
+        name. Reusable keys/values are dropped either way."""
+        if source.live_module() is not self.model:
+            _copy_named_parameters(self.model, source.trainable_state())
+        self.clear_cache()
+        self.policy_version = version
+
+    def awake(self) -> contextlib.nullcontext[HFGenerator]:
+        """The model stays where it is between rollouts: nothing to wake."""
+        return contextlib.nullcontext(self)
+
+    def close(self) -> None:
+        """Free the reusable prefix keys/values (the module belongs to the caller)."""
         self.clear_cache()
 
     def clear_cache(self) -> None:
@@ -149,7 +163,7 @@ class HFGenerator:
     def generate(
         self, prompt_token_ids: list[list[int]], sampling: SamplingParams | list[SamplingParams]
     ) -> list[Completion]:
-        """Sample one completion per prompt; see `agentrl.generation.base.Generator`."""
+        """Sample one completion per prompt; see `agentrl.core.generator.Generator`."""
         params = per_prompt(sampling, len(prompt_token_ids))
         if not prompt_token_ids:
             return []
@@ -376,6 +390,17 @@ class HFGenerator:
         )
         buffers.length = end
         return out.logits[:, -1, :].float()
+
+
+def _copy_named_parameters(model: Any, named: dict[str, torch.Tensor]) -> None:
+    """Copy `named` tensors into `model`'s parameters of the same names (in place, no grad)."""
+    params = dict(model.named_parameters())
+    missing = [n for n in named if n not in params]
+    if missing:
+        raise KeyError(f"the generator's model has no parameters {missing[:5]}")
+    with torch.no_grad():
+        for name, value in named.items():
+            params[name].copy_(value.to(params[name].device, params[name].dtype))
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> set[int]:

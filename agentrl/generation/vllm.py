@@ -18,10 +18,11 @@ loaded under a new name per policy version. Everything vLLM-specific stays in th
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
-from agentrl.generation.base import Completion, SamplingParams, per_prompt
+from agentrl.core.generator import Completion, PolicyWeights, SamplingParams, per_prompt
 
 MIN_VLLM_VERSION = "0.10.2"
 WORKER_EXTENSION = "agentrl.generation.vllm_worker.WeightReceiver"
@@ -220,6 +221,22 @@ class VLLMGenerator:
         """Receive (name, dtype, shape) tensors broadcast by the trainer, in order, and load them."""
         self.llm.collective_rpc("receive_broadcast", args=(metas,))
         self.llm.reset_prefix_cache()
+
+    def update_policy(self, source: PolicyWeights, version: int) -> None:
+        """Refused: weights reach vLLM through `VLLMEngines`, which picks a transport (adapter, CUDA IPC or
+        NCCL) and calls this engine's worker-extension methods by name."""
+        raise TypeError(
+            "a single in-process vLLM engine takes no weight updates; train with rollout.backend=vllm, "
+            "whose engines (rollout.vllm.num_engines) are synced after every optimizer step"
+        )
+
+    def awake(self) -> contextlib.nullcontext[VLLMGenerator]:
+        """An in-process engine never sleeps."""
+        return contextlib.nullcontext(self)
+
+    def close(self) -> None:
+        """Drop the engine (vLLM stops its engine process once the `LLM` is garbage-collected)."""
+        self.llm = None
 
     def sleep(self, level: int = 1) -> None:
         """Release GPU memory (level 1: weights to CPU, KV cache discarded)."""

@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from agentrl.generation.base import Completion, SamplingParams, per_prompt
+from agentrl.core.generator import Completion, EngineWeights, PolicyWeights, SamplingParams, per_prompt
 from agentrl.generation.vllm import EngineOptions, VLLMGenerator
 
 ADAPTER_NAME = "policy-v{version}"
@@ -171,13 +171,19 @@ class VLLMEngines:
 
     # ----------------------------------------------------------------- weights
 
-    def update_policy(self, source: Any, version: int) -> None:
-        """Bring every engine to `source`'s weights (a `trainers.ray_worker.RayWorkerGroup`) at `version`.
+    def update_policy(self, source: PolicyWeights, version: int) -> None:
+        """Bring every engine to `source`'s weights (`EngineWeights`: a `trainers.ray_worker.RayWorkerGroup`)
+        at `version`.
 
         LoRA: the adapter alone, under a new name per version. Colocated full weights: the engines' weights
         wake, load the trainer's tensors through CUDA IPC, and sleep again. Separate full weights: an NCCL
         broadcast from trainer rank 0.
         """
+        if not isinstance(source, EngineWeights):
+            raise TypeError(
+                f"vLLM engines take weights from a Ray worker group (trainer.num_workers >= 1), not from "
+                f"{type(source).__name__}"
+            )
         if self.lora:
             path = Path(source.save_adapter(self.adapter_dir / f"v{version}"))
             name = ADAPTER_NAME.format(version=version)
@@ -197,7 +203,7 @@ class VLLMEngines:
             self._broadcast(source)
         self.version = version
 
-    def _broadcast(self, source: Any) -> None:
+    def _broadcast(self, source: EngineWeights) -> None:
         tp = self.tensor_parallel_size
         if not self._broadcast_ready:
             world = 1 + len(self.engines) * tp

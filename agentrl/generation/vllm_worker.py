@@ -7,8 +7,8 @@ RPC. The model's own `load_weights` maps the transformers names onto vLLM's fuse
 
 Two paths:
 - `update_weights_from_ipc`: a trainer on the same GPU (colocated placement) shares its parameters as CUDA IPC
-  handles (plain data) keyed by the GPU's UUID; each worker opens the ones of its GPU, zero-copy, on its own
-  device index (the GPU is the same, the index each process sees may differ).
+  handles (plain data, `agentrl.core.cuda_ipc`) keyed by the GPU's UUID; each worker opens the ones of its
+  GPU, zero-copy, on its own device index (the GPU is the same, the index each process sees may differ).
 - `init_weight_broadcast` + `receive_broadcast`: a trainer on other GPUs (separate placement) broadcasts the
   tensors over an NCCL group in which it is rank 0 (vLLM's `StatelessProcessGroup` + `PyNcclCommunicator`,
   so the group stays out of torch.distributed's global state).
@@ -20,22 +20,7 @@ from typing import Any
 
 import torch
 
-
-def device_uuid(device: torch.device | int) -> str:
-    """The UUID of a CUDA device (what trainer and engine compare to find tensors on their shared GPU)."""
-    return str(torch.cuda.get_device_properties(device).uuid)
-
-
-def open_cuda_ipc_handle(handle: dict[str, Any], device_index: int) -> torch.Tensor:
-    """The tensor another process on this GPU shared (`trainers.ray_worker.cuda_ipc_handle`), zero-copy."""
-    from torch.multiprocessing.reductions import rebuild_cuda_tensor
-
-    return rebuild_cuda_tensor(
-        torch.Tensor, torch.Size(handle["size"]), tuple(handle["stride"]), handle["offset"],
-        torch.storage.TypedStorage, getattr(torch, handle["dtype"]), device_index, handle["handle"],
-        handle["size_bytes"], handle["offset_bytes"], False, handle["ref_counter_handle"],
-        handle["ref_counter_offset"], handle["event_handle"], handle["event_sync_required"],
-    )  # fmt: skip
+from agentrl.core.cuda_ipc import device_uuid, open_cuda_ipc_handle
 
 
 class WeightReceiver:

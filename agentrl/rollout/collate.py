@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from agentrl.types import Trajectory
+from agentrl.core.types import Trajectory
 
 
 def collate(

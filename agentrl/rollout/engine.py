@@ -24,11 +24,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from agentrl.generation.base import Completion, Generator, SamplingParams
+from agentrl.core.generator import Completion, Generator, SamplingParams
+from agentrl.core.seeding import derive_seed
+from agentrl.core.types import Task, Trajectory
 from agentrl.rollout.chat import Message, encode, prompt_ids, turn_suffix
 from agentrl.rollout.executors import Executor, Reply
-from agentrl.seeding import derive_seed
-from agentrl.types import Task, Trajectory
 
 
 @dataclass

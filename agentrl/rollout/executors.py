@@ -23,8 +23,8 @@ import traceback
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from agentrl.registry import Registry
-from agentrl.types import Task
+from agentrl.core.registry import Registry
+from agentrl.core.types import Task
 
 Reply = dict[str, Any]
 

@@ -12,8 +12,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from agentrl.files import atomic_open, iter_jsonl
-from agentrl.types import Trajectory
+from agentrl.core.files import atomic_open, iter_jsonl
+from agentrl.core.types import Trajectory
 
 
 def trajectory_record(t: Trajectory, tokenizer: Any = None) -> dict[str, Any]:

@@ -10,10 +10,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from agentrl.core.types import Task, Trajectory
+from agentrl.experiment import DataSection, ExperimentConfig
 from agentrl.rollout.engine import EngineConfig, RolloutEngine, RolloutStats
 from agentrl.rollout.executors import Executor, build_executor
 from agentrl.rollout.tasks import load_rollout_tasks
-from agentrl.types import Task, Trajectory
 
 
 def import_env_module(env_id: str) -> str:
@@ -45,7 +46,7 @@ def _env_parameters(env_id: str) -> set[str] | None:
     return set(params)
 
 
-def run_worlds(cfg: Any) -> list[tuple[int, int]]:
+def run_worlds(cfg: ExperimentConfig) -> list[tuple[int, int]]:
     """(seed, entities) of every synthetic world the run's data sections draw from (training data, and the
     SFT and held-out evaluation data when those phases are on)."""
     from agentrl.rollout.synthetic import world_of
@@ -60,7 +61,7 @@ def run_worlds(cfg: Any) -> list[tuple[int, int]]:
     )
 
 
-def build_retriever(cfg: Any) -> Any:
+def build_retriever(cfg: ExperimentConfig) -> Any:
     """The configured search backend, or None to let the env use its default.
 
     With synthetic data, `memory` is BM25 over the documents of the run's worlds, and `dense` / `bm25` /
@@ -93,7 +94,7 @@ def build_retriever(cfg: Any) -> Any:
     return open_retriever(target)
 
 
-def env_kwargs_for(cfg: Any, retriever: Any = None) -> dict[str, Any]:
+def env_kwargs_for(cfg: ExperimentConfig, retriever: Any = None) -> dict[str, Any]:
     """`env.kwargs` plus `max_turns`, `top_k` and `retriever` where the env's constructor takes them."""
     kwargs = dict(cfg.env.kwargs)
     params = _env_parameters(cfg.env.id)
@@ -106,7 +107,9 @@ def env_kwargs_for(cfg: Any, retriever: Any = None) -> dict[str, Any]:
     return kwargs
 
 
-def section_tasks(cfg: Any, section: Any, env_kwargs: dict[str, Any] | None = None) -> list[Task]:
+def section_tasks(
+    cfg: ExperimentConfig, section: DataSection, env_kwargs: dict[str, Any] | None = None
+) -> list[Task]:
     """The tasks a data section of `cfg` (`data`, `eval.data` or `sft.data`) names, for `cfg.env`
     (`env_kwargs` default: `env_kwargs_for(cfg)`)."""
     kwargs = env_kwargs_for(cfg) if env_kwargs is None else env_kwargs
@@ -116,11 +119,11 @@ def section_tasks(cfg: Any, section: Any, env_kwargs: dict[str, Any] | None = No
     )  # fmt: skip
 
 
-def build_generator_for(cfg: Any, model: Any = None, tokenizer: Any = None) -> Any:
+def build_generator_for(cfg: ExperimentConfig, model: Any = None, tokenizer: Any = None) -> Any:
     from agentrl.generation import build_generator
 
     if cfg.rollout.backend == "vllm":
-        from agentrl.models import resolve_model_path
+        from agentrl.core.models import resolve_model_path
 
         options = vllm_options(cfg)
         return build_generator(
@@ -129,7 +132,7 @@ def build_generator_for(cfg: Any, model: Any = None, tokenizer: Any = None) -> A
     return build_generator("hf", model=model, tokenizer=tokenizer, max_batch_size=cfg.rollout.batch_size)
 
 
-def vllm_options(cfg: Any, lora: bool = False, sleep: bool = False) -> Any:
+def vllm_options(cfg: ExperimentConfig, lora: bool = False, sleep: bool = False) -> Any:
     """`EngineOptions` of `cfg.rollout.vllm` with the trainer's dtype (so engine and trainer compute the
     same log-probs) and a context of `rollout.max_total_tokens` unless `max_model_len` says otherwise."""
     from agentrl.generation.vllm import EngineOptions
@@ -144,7 +147,7 @@ def vllm_options(cfg: Any, lora: bool = False, sleep: bool = False) -> Any:
     )  # fmt: skip
 
 
-def build_executor_for(cfg: Any, env_kwargs: dict[str, Any]) -> Executor:
+def build_executor_for(cfg: ExperimentConfig, env_kwargs: dict[str, Any]) -> Executor:
     r = cfg.rollout
     return build_executor(
         r.executor, cfg.env.id, env_kwargs, num_workers=r.num_workers, address=r.ray_address,
@@ -152,7 +155,7 @@ def build_executor_for(cfg: Any, env_kwargs: dict[str, Any]) -> Executor:
     )  # fmt: skip
 
 
-def build_engine(cfg: Any, generator: Any, tokenizer: Any) -> tuple[RolloutEngine, Executor]:
+def build_engine(cfg: ExperimentConfig, generator: Any, tokenizer: Any) -> tuple[RolloutEngine, Executor]:
     """An engine for `cfg` (the caller closes the returned executor)."""
     kwargs = env_kwargs_for(cfg, build_retriever(cfg))
     executor = build_executor_for(cfg, kwargs)
@@ -160,9 +163,9 @@ def build_engine(cfg: Any, generator: Any, tokenizer: Any) -> tuple[RolloutEngin
     return RolloutEngine(generator, tokenizer, executor, config), executor
 
 
-def load_policy(cfg: Any) -> tuple[Any, Any]:
+def load_policy(cfg: ExperimentConfig) -> tuple[Any, Any]:
     """(model, tokenizer) for `cfg.model`; with the vLLM backend only the tokenizer (vLLM loads weights)."""
-    from agentrl.models import load_model, resolve_model_path
+    from agentrl.core.models import load_model, resolve_model_path
 
     if cfg.rollout.backend == "vllm":
         from transformers import AutoTokenizer
@@ -181,7 +184,7 @@ class RolloutRun:
 
 
 def run_from_config(
-    cfg: Any,
+    cfg: ExperimentConfig,
     on_start: Callable[[int], None] | None = None,
     on_finish: Callable[[int], None] | None = None,
     on_stage: Callable[[str], None] | None = None,

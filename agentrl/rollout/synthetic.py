@@ -2,7 +2,7 @@
 of every world a run touches (training, SFT and held-out worlds differ by seed; one retriever serves all).
 
 Data sections select a world with `options: {world_seed: S, world_entities: N}`. The index for a set of worlds
-is built once with the configured encoder and cached under `agentrl.paths.cache_dir()/indexes`.
+is built once with the configured encoder and cached under `agentrl.core.paths.cache_dir()/indexes`.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from agentrl.files import atomic_open
-from agentrl.paths import cache_dir
-from agentrl.types import Task
+from agentrl.core.files import atomic_open
+from agentrl.core.paths import cache_dir
+from agentrl.core.types import Task
 
 DEFAULT_ENTITIES = 3000
 DEFAULT_ENCODER = "bundled:all-minilm-l6-v2"
@@ -67,9 +67,9 @@ def synthetic_index(
     worlds: Iterable[tuple[int, int]], kind: str, encoder: str | None, progress: bool | None = None
 ) -> Path:
     """An index directory over `worlds`' documents, built with `encoder` (None: `DEFAULT_ENCODER`) on first
-    use and reused afterwards (progress bars follow `agentrl.progress.progress_enabled` unless `progress` says
-    otherwise)."""
-    from agentrl.progress import progress_enabled
+    use and reused afterwards (progress bars follow `agentrl.core.progress.progress_enabled` unless
+    `progress` says otherwise)."""
+    from agentrl.core.progress import progress_enabled
     from retrievers.build import BuildConfig, build_index
     from retrievers.index_meta import META_FILE
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from agentrl.types import Task
+from agentrl.core.types import Task
 
 
 def env_default_tasks(

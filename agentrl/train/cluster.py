@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from agentrl.config import ConfigError
+from agentrl.core.config import ConfigError
+from agentrl.experiment import ExperimentConfig
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "auto": 2}
 ADAM_STATE_BYTES = 8  # two fp32 moments per trained parameter
@@ -89,13 +90,13 @@ def check_model_fits(
         )
 
 
-def count_parameters(cfg: Any) -> tuple[int, int]:
+def count_parameters(cfg: ExperimentConfig) -> tuple[int, int]:
     """(total, trained) parameters of `cfg.model` under `cfg.finetune`, from its config alone (built on
     the meta device, so no weights are read)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from agentrl.models import resolve_model_path
+    from agentrl.core.models import resolve_model_path
     from trainers.model_setup import TrainableSpec, prepare_for_training
 
     config = AutoConfig.from_pretrained(resolve_model_path(cfg.model.name))
@@ -119,7 +120,7 @@ class TrainableModel:
     reference: bool = False
 
     def __call__(self) -> Any:
-        from agentrl.models import load_model
+        from agentrl.core.models import load_model
         from trainers.model_setup import prepare_for_training
 
         model, _ = load_model(self.name, dtype=self.dtype, device="cpu")
@@ -128,10 +129,10 @@ class TrainableModel:
         return prepare_for_training(model, self.spec)
 
 
-def launch_vllm_engines(cfg: Any, worker: Any, adapter_dir: Any) -> Any:
+def launch_vllm_engines(cfg: ExperimentConfig, worker: Any, adapter_dir: Any) -> Any:
     """The run's vLLM engines (`rollout.vllm`), colocated with `worker`'s GPUs or on their own."""
+    from agentrl.core.models import resolve_model_path
     from agentrl.generation.vllm_engines import launch_engines
-    from agentrl.models import resolve_model_path
     from agentrl.rollout.setup import vllm_options
 
     v = cfg.rollout.vllm
@@ -150,7 +151,7 @@ def _gpu_memory() -> int:
     return int(torch.cuda.get_device_properties(0).total_memory)
 
 
-def _check_engine_gpus(cfg: Any, resources: dict[str, float]) -> None:
+def _check_engine_gpus(cfg: ExperimentConfig, resources: dict[str, float]) -> None:
     """Separate vLLM engines need GPUs beyond the trainer's; any vLLM engine needs a GPU."""
     if cfg.rollout.backend != "vllm":
         return
@@ -165,7 +166,7 @@ def _check_engine_gpus(cfg: Any, resources: dict[str, float]) -> None:
         )
 
 
-def connect(cfg: Any, source: str) -> bool:
+def connect(cfg: ExperimentConfig, source: str) -> bool:
     """Start or join Ray for `cfg` and check it can hold the worker group; True when the caller must call
     `agentrl.rollout.executors.release_ray()` when done."""
     import ray

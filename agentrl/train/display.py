@@ -19,7 +19,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from agentrl.progress import progress_enabled
+from agentrl.core.progress import progress_enabled
 
 LIVE_FIELDS = (
     ("reward/mean", "reward", "{:.3f}"),
@@ -48,7 +48,8 @@ def step_line(metrics: dict[str, Any]) -> str:
 class TrainDisplay:
     """Progress of one phase (`sft` or `rl`): a steps bar with the latest numbers and an episodes bar.
 
-    Use as a context manager; `live=None` shows bars on a terminal (see `agentrl.progress.progress_enabled`).
+    Use as a context manager; `live=None` shows bars on a terminal (see
+    `agentrl.core.progress.progress_enabled`).
     """
 
     def __init__(self, console: Console | None = None, live: bool | None = None) -> None:

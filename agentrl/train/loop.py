@@ -28,29 +28,30 @@ from typing import Any
 
 import torch
 
-from agentrl.config import to_dict
-from agentrl.evaluation import EvalSettings, evaluate, headline, summarize
+from agentrl.core.config import to_dict
+from agentrl.core.generator import Generator
+from agentrl.core.seeding import derive_seed, seed_everything
+from agentrl.core.types import Trajectory
+from agentrl.evaluation.evaluator import EvalSettings, evaluate, headline, summarize
 from agentrl.experiment import ExperimentConfig
 from agentrl.metrics import MetricsWriter, read_metrics
 from agentrl.rollout.io import write_trajectories
-from agentrl.seeding import derive_seed, seed_everything
 from agentrl.train import run_state
+from agentrl.train.checkpoint import capture_rng, restore_rng
 from agentrl.train.display import TrainDisplay, print_summary
 from agentrl.train.recipe import Recipe, check_config
 from agentrl.train.run_state import TrainState
 from agentrl.train.sampling import StepSampler
-from agentrl.train.step_batch import needs_stats, policy_minibatch, step_tensors
+from agentrl.train.step_batch import StepTensors, needs_stats, policy_minibatch, step_tensors
 from agentrl.train.task_loader import TaskLoader
-from agentrl.types import Trajectory
+from agentrl.train.update_metrics import UpdateTotals
+from agentrl.train.worker_setup import worker_config
 from trainers import diagnostics
-from trainers.advantages import FadeState
+from trainers.advantages import FadeState, scheme_inputs
 from trainers.batching import split_minibatches
-from trainers.checkpoint import capture_rng, restore_rng
 from trainers.filters import FilterInputs
-from trainers.logprobs import Processing
 from trainers.model_setup import TrainableSpec, parameter_counts, prepare_for_training
-from trainers.optim import OptimConfig
-from trainers.worker import LocalPolicyWorker, WorkerConfig, finalize_metrics, merge_metrics
+from trainers.worker import LocalPolicyWorker, PolicyWorker
 
 
 class TrainingStopped(RuntimeError):
@@ -124,8 +125,8 @@ class Trainer:
         self.source = source
         self.sft_only = sft_only
         self._owns_ray = False
-        self.worker: Any = None
-        self.generator: Any = None
+        self.worker: PolicyWorker | None = None
+        self.generator: Generator | None = None
         self.executor: Any = None
         self.writer: Any = None
         self.recipe: Recipe = check_config(cfg, source)
@@ -228,26 +229,12 @@ class Trainer:
         )  # fmt: skip
         self.state.wandb_id = self.writer.wandb_run_id
 
-    def _rl_worker(self) -> Any:
+    def _rl_worker(self) -> PolicyWorker:
         """The RL phase's worker: in-process, or (`trainer.num_workers` >= 1) a Ray worker group that starts
         from the current weights of `self.model` (after SFT, when there was one). A previous group is closed
         first."""
         cfg, t = self.cfg, self.cfg.trainer
-        optim = OptimConfig(
-            learning_rate=self.recipe.learning_rate,
-            total_steps=t.steps * t.epochs * t.minibatches,
-            warmup_ratio=t.warmup_ratio,
-            schedule=t.lr_schedule,
-            weight_decay=t.weight_decay,
-            betas=list(t.adam_betas),
-            max_grad_norm=self.recipe.max_grad_norm,
-        )
-        r = cfg.rollout
-        config = WorkerConfig(
-            optim=optim, loss=self.recipe.loss, processing=Processing(r.temperature, r.top_k, r.top_p),
-            micro_batch_tokens=t.micro_batch_tokens, chunk_size=t.logprob_chunk_size,
-            share_prompts=t.share_prompts,
-        )  # fmt: skip
+        config = worker_config(cfg, self.recipe)
         if t.num_workers == 0:
             return LocalPolicyWorker(self.model, config, reference=self.reference)
         from trainers.ray_worker import RayWorkerGroup
@@ -260,15 +247,14 @@ class Trainer:
             self._model_source, config, t.num_workers, reference=self.reference, gpu_share=share
         )
 
-    def _generating(self) -> Any:
+    def _generating(self) -> contextlib.AbstractContextManager[object]:
         """Colocated vLLM engines hold their GPU memory only while a rollout or evaluation runs."""
-        awake = getattr(self.generator, "awake", None)
-        return awake() if callable(awake) else contextlib.nullcontext()
+        assert self.generator is not None
+        return self.generator.awake()
 
     def _close_worker(self) -> None:
-        close = getattr(self.worker, "close", None)
-        if callable(close):
-            close()
+        if self.worker is not None:
+            self.worker.close()
 
     def _restore(self) -> None:
         assert self.resume_from is not None
@@ -335,9 +321,8 @@ class Trainer:
         if self.executor is not None:
             self.executor.close()
         self._close_worker()
-        close_engines = getattr(self.generator, "close", None)
-        if callable(close_engines):
-            close_engines()
+        if self.generator is not None:
+            self.generator.close()
         if self._owns_ray:
             from agentrl.rollout.executors import release_ray
 
@@ -419,9 +404,14 @@ class Trainer:
         if self.eval_tasks is not None and cfg.eval.before_training:
             self._evaluate("before SFT" if cfg.sft.enabled else "before RL")
         if cfg.sft.enabled:
-            from agentrl.train.sft import run_sft
+            from agentrl.train.sft import ColdStart, run_sft
 
-            run_sft(self)
+            assert self.generator is not None
+            run_sft(ColdStart(
+                self.cfg, self.model, self.tokenizer, self.engine, self.generator, self.display, self.run_dir,
+                log=lambda metrics, step: self._log(metrics, step, "sft"),
+                stop_requested=lambda: self.flag.requested,
+            ))  # fmt: skip
             if self.eval_tasks is not None:
                 self._evaluate("after SFT")
         self.state.phase = "rl"
@@ -495,70 +485,67 @@ class Trainer:
         return out
 
     def _update(self, step: int, trajectories: list[Trajectory]) -> dict[str, Any]:
-        cfg, t, preset = self.cfg, self.cfg.trainer, self.recipe.preset
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        st = step_tensors(trajectories, preset, pad, self.fade, t.turn_credit, t.turn_gamma)
-        tensors = st.tensors
-        rewards = tensors["rewards"].double()
-        out: dict[str, Any] = {
-            **diagnostics.gradient_masses(st.advantages, rewards, tensors["group_ids"]),
-            "adv/nonzero_fraction": float((st.advantages != 0).double().mean()),
-            "adv/abs_mean": float(st.advantages.abs().mean()),
-        }
-        if preset.scheme == "fade":
-            out.update(diagnostics.fade_stats(self.fade))
+        """Advantages, the statistics pass when the recipe needs one, then `epochs` x `minibatches`
+        optimizer steps over whole groups."""
+        t, preset = self.cfg.trainer, self.recipe.preset
+        st = step_tensors(trajectories, preset, self._pad_id(), self.fade, t.turn_credit, t.turn_gamma)
+        out = self._advantage_metrics(st)
+        stats = self._statistics(st, out)
         recompute = t.epochs > 1 or t.minibatches > 1
-        stats = None
-        if needs_stats(preset, t.epochs, t.minibatches):
-            batch = {k: tensors[k] for k in ("input_ids", "attention_mask", "loss_mask", "prompt_lengths")}
-            stats = self.worker.compute_stats(batch, with_reference=preset.loss.kl_coef != 0)
-            gap = _gap(stats["logprobs"], tensors["old_logprobs"], tensors["loss_mask"])
-            out.update(gap)
-            inputs = FilterInputs(
-                tensors["loss_mask"], st.token_advantages.float(), stats["logprobs"], stats["entropy"],
-                stats["collision"], tensors["group_ids"],
-            )  # fmt: skip
-            out.update(diagnostics.taxonomy_fractions(inputs))
-            out.update(diagnostics.covariance_percentiles(inputs))
-        old = stats["logprobs"] if recompute and stats is not None else tensors["old_logprobs"]
+        old = stats["logprobs"] if recompute and stats is not None else st.tensors["old_logprobs"]
         head_before = self._head_weight() if t.log_rank1 else None
-        sums: dict[str, float] = {}
-        optim: dict[str, float] = {}
-        masked = []
-        groups = int(torch.unique(tensors["group_ids"]).numel())
+        groups = int(torch.unique(st.tensors["group_ids"]).numel())
         minibatches = math.gcd(groups, t.minibatches)
         if minibatches != t.minibatches:
             out["update/minibatches"] = float(minibatches)
+        totals = UpdateTotals()
         for epoch in range(t.epochs):
-            gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "minibatches", step, epoch))
-            for index, rows in enumerate(split_minibatches(tensors["group_ids"], minibatches, gen)):
+            gen = torch.Generator().manual_seed(derive_seed(self.cfg.seed, "minibatches", step, epoch))
+            for index, rows in enumerate(split_minibatches(st.tensors["group_ids"], minibatches, gen)):
                 batch, filtered = policy_minibatch(st, rows, preset, old, stats)
-                if filtered is not None:
-                    masked.append(filtered.dropped_fraction)
                 fb = self.worker.forward_backward(batch)
                 if epoch == 0 and index == 0 and stats is None:
-                    out.update(self._first_gap(fb, tensors, rows))
-                merge_metrics(sums, fb)
+                    out.update(self._first_gap(fb, st.tensors, rows))
                 result = self.worker.optim_step()
                 self._check_finite(step, epoch, index, fb, result)
-                merge_metrics(optim, {k: v for k, v in result.items() if k != "optim/lr"})
-                optim["optim/lr"] = result["optim/lr"]
-        finalized = finalize_metrics(sums)
-        finalized.pop("logprob_gap/mean", None)
-        finalized.pop("logprob_gap/max", None)
-        out.update(finalized)
-        out["entropy/mean"] = finalized.get("entropy/trained_tokens", 0.0)
-        optimizer_steps = t.epochs * minibatches
-        out["optim/grad_norm"] = optim.get("optim/grad_norm", 0.0) / optimizer_steps
-        out["optim/lr"] = optim.get("optim/lr", 0.0)
-        out["optim/skipped_steps"] = optim.get("optim/skipped", 0.0)
-        if masked:
-            out["filters/masked_fraction"] = sum(masked) / len(masked)
-            if any((s if isinstance(s, str) else s.get("name")) in ("stapo", "s2t") for s in preset.filters):
-                out["stapo/masked_fraction"] = out["filters/masked_fraction"]
+                totals.add(fb, result, filtered)
+        out.update(totals.finalize(t.epochs * minibatches, preset))
         if head_before is not None:
             out["head/rank1_fraction"] = diagnostics.rank1_fraction(head_before, self._head_weight())
         return out
+
+    def _pad_id(self) -> int:
+        return self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+
+    def _advantage_metrics(self, st: StepTensors) -> dict[str, Any]:
+        """Gradient masses and the spread of the step's advantages (and the scheme state's, when it has
+        one)."""
+        rewards = st.tensors["rewards"].double()
+        out: dict[str, Any] = {
+            **diagnostics.gradient_masses(st.advantages, rewards, st.tensors["group_ids"]),
+            "adv/nonzero_fraction": float((st.advantages != 0).double().mean()),
+            "adv/abs_mean": float(st.advantages.abs().mean()),
+        }
+        if "state" in scheme_inputs(self.recipe.preset.scheme):
+            out.update(diagnostics.fade_stats(self.fade))
+        return out
+
+    def _statistics(self, st: StepTensors, out: dict[str, Any]) -> dict[str, torch.Tensor] | None:
+        """The no-grad pass over the whole batch when the recipe needs one (`needs_stats`), with the
+        sampler gap, token taxonomy and covariance percentiles it measures added to `out`."""
+        t, preset, tensors = self.cfg.trainer, self.recipe.preset, st.tensors
+        if not needs_stats(preset, t.epochs, t.minibatches):
+            return None
+        batch = {k: tensors[k] for k in ("input_ids", "attention_mask", "loss_mask", "prompt_lengths")}
+        stats = self.worker.compute_stats(batch, with_reference=preset.loss.kl_coef != 0)
+        out.update(_gap(stats["logprobs"], tensors["old_logprobs"], tensors["loss_mask"]))
+        inputs = FilterInputs(
+            tensors["loss_mask"], st.token_advantages.float(), stats["logprobs"], stats["entropy"],
+            stats["collision"], tensors["group_ids"],
+        )  # fmt: skip
+        out.update(diagnostics.taxonomy_fractions(inputs))
+        out.update(diagnostics.covariance_percentiles(inputs))
+        return stats
 
     def _first_gap(self, fb: dict[str, float], tensors: dict[str, Any], rows: list[int]) -> dict[str, float]:
         """The sampler-vs-trainer gap from the first minibatch's forward (at the old weights); when that

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from agentrl.config import ConfigError
-from agentrl.registry import closest
+from agentrl.core.config import ConfigError
+from agentrl.core.registry import closest
+from agentrl.experiment import ExperimentConfig
 from trainers.losses import LossConfig
 from trainers.presets import Preset
 
@@ -39,14 +39,14 @@ class Recipe:
         return self.preset.loss
 
 
-def response_budget(cfg: Any) -> int:
+def response_budget(cfg: ExperimentConfig) -> int:
     """T_max: `algorithm.max_response_length`, else the most agent tokens an episode can hold."""
     if cfg.algorithm.max_response_length is not None:
         return int(cfg.algorithm.max_response_length)
     return min(cfg.env.max_turns * cfg.rollout.max_new_tokens, cfg.rollout.max_total_tokens)
 
 
-def resolve_recipe(cfg: Any, source: str = "<config>") -> Recipe:
+def resolve_recipe(cfg: ExperimentConfig, source: str = "<config>") -> Recipe:
     from trainers.presets import get_preset
 
     section = cfg.algorithm
@@ -85,7 +85,7 @@ def _unknown(source: str, key: str, value: str, valid: list[str]) -> ConfigError
     return ConfigError(f"{source}: {key}: unknown value {value!r}{suggestion} Valid: {listing}")
 
 
-def check_config(cfg: Any, source: str = "<config>", training: bool = True) -> Recipe:
+def check_config(cfg: ExperimentConfig, source: str = "<config>", training: bool = True) -> Recipe:
     """Every check that needs no model; returns the resolved recipe."""
     from trainers.advantages import SCHEMES, scheme_params
     from trainers.filters import FILTERS
@@ -111,7 +111,7 @@ def check_config(cfg: Any, source: str = "<config>", training: bool = True) -> R
     return recipe
 
 
-def _check_env(cfg: Any, source: str) -> None:
+def _check_env(cfg: ExperimentConfig, source: str) -> None:
     import gymnasium
 
     from agentrl.rollout.setup import import_env_module
@@ -124,8 +124,8 @@ def _check_env(cfg: Any, source: str) -> None:
         raise _unknown(source, "env.id", env_id, [k for k in gymnasium.registry if k.startswith("agentrl/")])
 
 
-def _check_model(cfg: Any, source: str) -> None:
-    from agentrl.models import BUNDLED_MODELS, BUNDLED_PREFIX
+def _check_model(cfg: ExperimentConfig, source: str) -> None:
+    from agentrl.core.models import BUNDLED_MODELS, BUNDLED_PREFIX
 
     name = cfg.model.name
     if name.startswith(BUNDLED_PREFIX):
@@ -138,7 +138,7 @@ def _check_model(cfg: Any, source: str) -> None:
         raise ConfigError(f"{source}: model.name: directory {name!r} does not exist")
 
 
-def _check_retriever(cfg: Any, source: str) -> None:
+def _check_retriever(cfg: ExperimentConfig, source: str) -> None:
     section = cfg.retriever
     if section.kind in ("dense", "bm25", "hybrid") and section.index_dir:
         meta = Path(section.index_dir).expanduser() / "meta.json"
@@ -170,8 +170,8 @@ def _check_index_encoder(named: str | None, meta_path: Path, source: str) -> Non
         )
 
 
-def _check_eval(cfg: Any, source: str) -> None:
-    from agentrl.evaluation import EvalSettings
+def _check_eval(cfg: ExperimentConfig, source: str) -> None:
+    from agentrl.evaluation.evaluator import EvalSettings
 
     if not cfg.eval.enabled:
         return
@@ -181,7 +181,7 @@ def _check_eval(cfg: Any, source: str) -> None:
         raise ConfigError(f"{source}: eval: {exc}") from None
 
 
-def _check_batches(cfg: Any, recipe: Recipe, source: str) -> None:
+def _check_batches(cfg: ExperimentConfig, recipe: Recipe, source: str) -> None:
     t, r = cfg.trainer, cfg.rollout
     if t.steps < 1 or t.batch_size < 1 or t.epochs < 1 or r.group_size < 1:
         raise ConfigError(
@@ -220,7 +220,7 @@ def _check_batches(cfg: Any, recipe: Recipe, source: str) -> None:
             raise _unknown(source, "trainer.exclude_finish_reasons", reason, list(FINISH_REASONS))
 
 
-def _check_workers(cfg: Any, source: str) -> None:
+def _check_workers(cfg: ExperimentConfig, source: str) -> None:
     t, r = cfg.trainer, cfg.rollout
     if t.num_workers < 0:
         raise ConfigError(

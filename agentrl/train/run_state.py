@@ -27,10 +27,10 @@ from typing import Any
 
 import torch
 
-from agentrl.config import ConfigError, dump_config, from_dict, to_dict
+from agentrl.core.config import ConfigError, dump_config, from_dict, to_dict
+from agentrl.core.files import atomic_open, iter_jsonl
 from agentrl.experiment import ExperimentConfig
-from agentrl.files import atomic_open, iter_jsonl
-from trainers.checkpoint import COMPLETE, capture_rng, latest_checkpoint, restore_rng, save_checkpoint
+from agentrl.train.checkpoint import COMPLETE, capture_rng, latest_checkpoint, restore_rng, save_checkpoint
 
 STATE_FILE = "trainer_state.json"
 BUFFER_FILE = "buffer.jsonl"

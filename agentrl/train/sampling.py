@@ -13,10 +13,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from agentrl.core.seeding import derive_seed
+from agentrl.core.types import Trajectory
 from agentrl.rollout.engine import RolloutEngine, RolloutStats
-from agentrl.seeding import derive_seed
 from agentrl.train.task_loader import TaskLoader
-from agentrl.types import Trajectory
 
 ALWAYS_EXCLUDED = ("error",)
 

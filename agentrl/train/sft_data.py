@@ -7,12 +7,13 @@ same tokens RL will later sample.
 
 from __future__ import annotations
 
+import contextlib
 from collections import defaultdict
 from typing import Any
 
-from agentrl.generation.base import Completion, SamplingParams, per_prompt
+from agentrl.core.generator import Completion, PolicyWeights, SamplingParams, per_prompt
+from agentrl.core.types import Task, Trajectory
 from agentrl.rollout.engine import RolloutEngine
-from agentrl.types import Task, Trajectory
 from environments.oracle import OracleAgent
 
 
@@ -54,8 +55,14 @@ class OracleGenerator:
             out.append(Completion(ids, [0.0] * len(ids), reason, action, stop))  # type: ignore[arg-type]
         return out
 
-    def load_weights(self, state_dict: dict[str, Any]) -> None:
-        raise NotImplementedError("the oracle has no weights")
+    def update_policy(self, source: PolicyWeights, version: int) -> None:
+        raise TypeError("the oracle generator has no weights to update; sync the policy's own generator")
+
+    def awake(self) -> contextlib.nullcontext[OracleGenerator]:
+        return contextlib.nullcontext(self)
+
+    def close(self) -> None:
+        """The oracle holds nothing to release."""
 
 
 def oracle_episodes(engine: RolloutEngine, tasks: list[Task], seed: int = 0) -> list[Trajectory]:

@@ -1,5 +1,6 @@
-"""From a step's trajectories to the worker's `PolicyBatch`es: advantages, multi-turn credit, padded tensors,
-token filters and the step-global loss denominators of each minibatch."""
+"""From a step's trajectories to the worker's `PolicyBatch`es: advantages (with the batch inputs the scheme
+declares), multi-turn credit, padded tensors, token filters and the step-global loss denominators of each
+minibatch."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ from typing import Any
 
 import torch
 
-from agentrl.advantage_report import scheme_advantages
+from agentrl.core.types import Trajectory
 from agentrl.rollout.collate import collate
-from agentrl.types import Trajectory
+from trainers.advantages import FadeState, compute_advantages, scheme_inputs
 from trainers.batching import PolicyBatch
 from trainers.credit import per_turn_advantages, turn_token_advantages
 from trainers.filters import FilterInputs, FilterResult, apply_filters
@@ -38,6 +39,36 @@ class StepTensors:
         return int(self.advantages.shape[0])
 
 
+def trajectory_advantages(
+    trajectories: list[Trajectory], preset: Preset, fade_state: FadeState | None = None
+) -> Tensor:
+    """[N] float64 advantages of the preset's scheme, with every batch input it reads
+    (`trainers.advantages.scheme_inputs`) taken from the trajectories: `lengths` (agent tokens),
+    `entropy` (mean sampled -log π) and `state` (`fade_state`, advanced in place; a fresh one when None)."""
+    rewards = torch.tensor([t.reward for t in trajectories], dtype=torch.float64)
+    groups = torch.tensor([t.group_id for t in trajectories], dtype=torch.int64)
+    params = dict(preset.scheme_params)
+    inputs = {
+        "lengths": lambda: torch.tensor([t.num_agent_tokens for t in trajectories], dtype=torch.float64),
+        "entropy": lambda: mean_negative_logprob(trajectories),
+        "state": lambda: fade_state if fade_state is not None else FadeState(),
+    }
+    for name in scheme_inputs(preset.scheme):
+        if name not in params:
+            params[name] = inputs[name]()
+    return compute_advantages(preset.scheme, rewards, groups, **params)
+
+
+def mean_negative_logprob(trajectories: list[Trajectory]) -> float:
+    """Batch mean of per-sequence mean -log π over sampled tokens (FADE's H_t)."""
+    per_sequence = []
+    for t in trajectories:
+        sampled = [-lp for lp, m in zip(t.logprobs, t.loss_mask, strict=True) if m]
+        if sampled:
+            per_sequence.append(sum(sampled) / len(sampled))
+    return sum(per_sequence) / len(per_sequence) if per_sequence else 0.0
+
+
 def per_turn_token_advantages(
     trajectories: list[Trajectory], tensors: dict[str, Any], gamma: float
 ) -> Tensor:
@@ -58,12 +89,12 @@ def step_tensors(
     trajectories: list[Trajectory],
     preset: Preset,
     pad_token_id: int,
-    fade_state: Any = None,
+    fade_state: FadeState | None = None,
     turn_credit: str = "broadcast",
     gamma: float = 1.0,
 ) -> StepTensors:
     """Advantages (advancing `fade_state` for FADE) and padded tensors of the step's episodes."""
-    advantages = scheme_advantages(trajectories, preset.scheme, preset.scheme_params, fade_state=fade_state)
+    advantages = trajectory_advantages(trajectories, preset, fade_state)
     tensors = collate(trajectories, pad_token_id=pad_token_id)
     if turn_credit == "per_turn":
         token_adv = per_turn_token_advantages(trajectories, tensors, gamma)

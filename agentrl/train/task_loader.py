@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
-from agentrl.seeding import derive_seed
-from agentrl.types import Task
+from agentrl.core.seeding import derive_seed
+from agentrl.core.types import Task
 
 
 @dataclass

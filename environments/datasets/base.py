@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agentrl.files import iter_jsonl, utf8_problem
-from agentrl.registry import Registry
-from agentrl.types import Task
+from agentrl.core.files import iter_jsonl, utf8_problem
+from agentrl.core.registry import Registry
+from agentrl.core.types import Task
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import re
 
-from agentrl.types import Task
+from agentrl.core.types import Task
 from environments.datasets.base import LoadContext, LoaderSpec, Record, register_loader
 
 NUMERIC_ANSWER = re.compile(r"-?\d+(?:\.\d+)?|-?\d+/\d+")

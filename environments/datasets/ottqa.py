@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-from agentrl.types import Task
+from agentrl.core.types import Task
 from environments.datasets.base import LoadContext, LoaderSpec, Record, read_file, register_loader
 from retrievers.corpora import table_text as serialize_table
 

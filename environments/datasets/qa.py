@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from agentrl.types import Task
+from agentrl.core.types import Task
 from environments.datasets.base import LoadContext, LoaderSpec, Record, register_loader
 
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from agentrl.types import Task
+from agentrl.core.types import Task
 from environments.datasets.base import LoadContext, LoaderSpec, Record, RecordError, register_loader
 from environments.search_env import SEARCH_SYSTEM_PROMPT
 

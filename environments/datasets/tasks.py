@@ -6,7 +6,7 @@ filtered file trains and evaluates exactly like the dataset it came from.
 
 from __future__ import annotations
 
-from agentrl.types import Task
+from agentrl.core.types import Task
 from environments.datasets.base import LoadContext, LoaderSpec, Record, RecordError, register_loader
 
 

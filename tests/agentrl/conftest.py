@@ -3,11 +3,12 @@ scripted generator that emits the tokenizer's own encoding of fixed actions."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import pytest
 
-from agentrl.generation.base import Completion, SamplingParams, per_prompt
+from agentrl.core.generator import Completion, SamplingParams, per_prompt
 
 
 def make_tiny_model(tokenizer, seed: int = 0):
@@ -68,5 +69,11 @@ class ScriptedGenerator:
             out.append(Completion(ids, [-1.0] * len(ids), reason, action, stop))
         return out
 
-    def load_weights(self, state_dict) -> None:
-        pass
+    def update_policy(self, source, version: int) -> None:
+        self.policy_version = version
+
+    def awake(self):
+        return contextlib.nullcontext(self)
+
+    def close(self) -> None:
+        self.closed = True

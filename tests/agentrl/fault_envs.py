@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 import gymnasium
 
-from agentrl.types import Task
+from agentrl.core.types import Task
 
 PROBE_ID = "agentrl_test/Probe-v0"
 RELEASE = threading.Event()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agentrl.config import ConfigError, load_config
+from agentrl.core.config import ConfigError, load_config
 from agentrl.experiment import ExperimentConfig
 from agentrl.train.cluster import (
     check_model_fits,
@@ -46,7 +46,7 @@ def test_a_replica_that_does_not_fit_its_gpu_is_refused_with_the_numbers() -> No
 
 @pytest.mark.parametrize("mode", ["full", "lora"])
 def test_parameters_are_counted_from_the_config_alone(tiny_model_dir: Path, mode: str) -> None:
-    from agentrl.models import load_model
+    from agentrl.core.models import load_model
     from trainers.model_setup import TrainableSpec, prepare_for_training
 
     cfg = load_config(ExperimentConfig, QUICKSTART, [f"model.name={tiny_model_dir}", f"finetune.mode={mode}"])

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from agentrl.config import ConfigError, dump_config, load_config, read_yaml
+from agentrl.core.config import ConfigError, dump_config, load_config, read_yaml
 from agentrl.experiment import ExperimentConfig
 
 REPO = Path(__file__).resolve().parents[2]

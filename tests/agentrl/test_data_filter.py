@@ -11,8 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from agentrl.cli.main import app
-from agentrl.data_overlap import find_overlaps, normalize_question
-from agentrl.types import Task
+from agentrl.core.types import Task
+from agentrl.evaluation.overlap import find_overlaps, normalize_question
 from environments.datasets import load_tasks
 from tests.agentrl.conftest import ScriptedGenerator
 from tests.agentrl.train_env import ENV_ID

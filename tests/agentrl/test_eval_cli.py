@@ -10,9 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from agentrl.cli.main import app
-from agentrl.config import load_config
-from agentrl.evaluation import EvalSettings
-from agentrl.evaluation_run import run_eval
+from agentrl.core.config import load_config
+from agentrl.evaluation.evaluator import EvalSettings
+from agentrl.evaluation.run import run_eval
 from agentrl.experiment import ExperimentConfig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -240,7 +240,7 @@ def test_questions_seen_in_training_are_refused(shared_data: Path, monkeypatch: 
 def test_training_evaluations_are_the_eval_commands(tiny_model_dir: Path, tmp_path: Path) -> None:
     """The held-out evaluation `agentrl train` logs after RL equals `agentrl eval` of the final checkpoint,
     metric for metric under the same names."""
-    from agentrl.evaluation_metrics import flat_metrics
+    from agentrl.evaluation.metrics import flat_metrics
     from agentrl.metrics import read_metrics
     from agentrl.train.display import TrainDisplay
     from agentrl.train.loop import train

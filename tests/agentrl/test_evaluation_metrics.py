@@ -9,8 +9,8 @@ from fractions import Fraction
 
 import pytest
 
-from agentrl.evaluation_metrics import bootstrap_ci, check_ks, default_ks, flat_metrics, report_metrics
-from agentrl.evaluation_records import QuestionRecord, SampleRecord
+from agentrl.evaluation.metrics import bootstrap_ci, check_ks, default_ks, flat_metrics, report_metrics
+from agentrl.evaluation.records import QuestionRecord, SampleRecord
 from agentrl.metrics import pass_at_k
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from agentrl.core.generator import SamplingParams, process_logits
 from agentrl.generation import GENERATORS, build_generator
-from agentrl.generation.base import SamplingParams, process_logits
 from agentrl.generation.hf import HFGenerator
 from tests.agentrl.conftest import make_tiny_model
+from trainers.optim import OptimConfig
+from trainers.worker import LocalPolicyWorker, WorkerConfig
 
 PROMPTS = [
     "hello there",
@@ -173,8 +175,34 @@ def test_weight_changes_drop_the_prefix_cache(tokenizer) -> None:
             p.mul_(1.01)  # an optimizer step in place
     gen.generate(prompts, sp)
     assert gen.stats["reused_tokens"] == 0
-    gen.load_weights({k: v.clone() for k, v in model.state_dict().items()})
+    gen.generate(prompts, sp)
+    assert gen._prefix
+    gen.update_policy(SharedModule(model), 1)
+    assert not gen._prefix and gen.policy_version == 1
+
+
+class SharedModule:
+    """`PolicyWeights` of a worker training the generator's own module in this process."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+
+    def live_module(self):
+        return self.model
+
+    def trainable_state(self) -> dict:
+        raise AssertionError("a shared module is never copied")
+
+
+def test_a_generator_on_another_module_copies_the_trained_parameters(tokenizer) -> None:
+    trained, copy = make_tiny_model(tokenizer, seed=2), make_tiny_model(tokenizer, seed=3)
+    worker = LocalPolicyWorker(trained, WorkerConfig(OptimConfig(learning_rate=1e-3, total_steps=1)))
+    gen = HFGenerator(copy, tokenizer)
+    gen.generate(_prompts(tokenizer), SamplingParams(temperature=0, max_new_tokens=4))
+    worker.sync_weights(gen)
     assert not gen._prefix
+    for (name, a), (_, b) in zip(trained.named_parameters(), copy.named_parameters(), strict=True):
+        assert torch.equal(a, b), name
 
 
 def test_per_prompt_params_must_share_the_distribution(tokenizer, tiny_model) -> None:

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from agentrl.config import load_config
+from agentrl.core.config import load_config
+from agentrl.core.generator import SamplingParams
 from agentrl.experiment import ExperimentConfig
 from agentrl.generation import build_generator
-from agentrl.generation.base import SamplingParams
 from agentrl.generation.vllm import WORKER_EXTENSION, EngineOptions
 from agentrl.generation.vllm_engines import VLLMEngine, VLLMEngines
 
@@ -176,6 +176,12 @@ class RecordingSource:
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
         self.calls: list = []
+
+    def live_module(self) -> None:
+        return None
+
+    def trainable_state(self) -> dict:
+        return {}
 
     def save_adapter(self, directory: Path) -> Path:
         self.calls.append(("save_adapter", Path(directory).name))

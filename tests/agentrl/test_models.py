@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from agentrl.models import (
+from agentrl.core.models import (
     ModelNotFoundError,
     bundled_path,
     convert_bundled_gguf,

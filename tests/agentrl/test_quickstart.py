@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from agentrl.cli.main import app
-from agentrl.config import load_config
+from agentrl.core.config import load_config
 from agentrl.experiment import ExperimentConfig
 from agentrl.metrics import read_metrics
 from agentrl.train.run_state import new_run_dir
@@ -78,8 +78,8 @@ def test_new_run_dir_never_reuses_a_directory(tmp_path: Path) -> None:
 
 
 def test_write_trajectories_replaces_atomically(tmp_path: Path) -> None:
+    from agentrl.core.types import Trajectory
     from agentrl.rollout.io import write_trajectories
-    from agentrl.types import Trajectory
 
     out = tmp_path / "t.jsonl"
     out.write_text("old\n")

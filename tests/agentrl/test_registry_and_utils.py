@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from agentrl.core.registry import Registry
+from agentrl.core.seeding import derive_seed, numpy_rng, seed_everything, torch_generator
+from agentrl.core.types import Task, Trajectory
 from agentrl.metrics import MetricsWriter, read_metrics
-from agentrl.registry import Registry
-from agentrl.seeding import derive_seed, numpy_rng, seed_everything, torch_generator
-from agentrl.types import Task, Trajectory
 
 
 def test_registry_lookup_and_suggestion() -> None:
@@ -73,7 +73,7 @@ def test_task_and_trajectory_round_trip() -> None:
 
 
 def test_atomic_open_replaces_whole_or_not_at_all(tmp_path: Path) -> None:
-    from agentrl.files import atomic_open
+    from agentrl.core.files import atomic_open
 
     target = tmp_path / "sub" / "data.bin"
     with atomic_open(target, "wb") as f:
@@ -91,7 +91,7 @@ def test_atomic_open_replaces_whole_or_not_at_all(tmp_path: Path) -> None:
 def test_iter_jsonl_streams_objects_with_line_numbers(tmp_path: Path) -> None:
     import gzip
 
-    from agentrl.files import iter_jsonl
+    from agentrl.core.files import iter_jsonl
 
     path = tmp_path / "rows.jsonl.gz"
     with gzip.open(path, "wt", encoding="utf-8") as f:
@@ -104,7 +104,7 @@ def test_iter_jsonl_streams_objects_with_line_numbers(tmp_path: Path) -> None:
 
 
 def test_iter_jsonl_names_non_utf8_lines_and_can_skip_bad_lines(tmp_path: Path) -> None:
-    from agentrl.files import iter_jsonl
+    from agentrl.core.files import iter_jsonl
 
     path = tmp_path / "rows.jsonl"
     path.write_bytes(b'{"a": 1}\n{"a": "caf\xe9"}\n{oops\n{"a": 4}\n')

@@ -9,7 +9,8 @@ import gymnasium
 import pytest
 import torch
 
-from agentrl.generation.base import SamplingParams, process_logits
+from agentrl.core.generator import SamplingParams, process_logits
+from agentrl.core.types import Task
 from agentrl.generation.hf import HFGenerator
 from agentrl.rollout import (
     EngineConfig,
@@ -20,7 +21,6 @@ from agentrl.rollout import (
     write_trajectories,
 )
 from agentrl.rollout.tasks import env_default_tasks
-from agentrl.types import Task
 from tests.agentrl import fault_envs
 from tests.agentrl.conftest import ScriptedGenerator
 
@@ -331,7 +331,7 @@ def test_jsonl_round_trip(tokenizer, tmp_path) -> None:
 def test_smollm2_search_rollout_is_token_exact(tokenizer) -> None:
     """The bundled policy in message mode: the episode text is the template's rendering of the conversation,
     ids equal the template's ids where the sampled ids are the tokenizer's own encoding; log-probs match."""
-    from agentrl.models import load_model
+    from agentrl.core.models import load_model
 
     model, tok = load_model("bundled:smollm2-135m-instruct", device="cpu")
     sp = SamplingParams(temperature=1.0, top_p=0.95, max_new_tokens=24, seed=0)

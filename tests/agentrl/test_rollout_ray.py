@@ -13,7 +13,7 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from agentrl.generation.base import SamplingParams  # noqa: E402
+from agentrl.core.generator import SamplingParams  # noqa: E402
 from agentrl.generation.hf import HFGenerator  # noqa: E402
 from agentrl.rollout import EngineConfig, RolloutEngine, build_executor, executors  # noqa: E402
 from agentrl.rollout.executors import SharedRetriever  # noqa: E402

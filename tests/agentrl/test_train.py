@@ -13,16 +13,16 @@ import torch
 from typer.testing import CliRunner
 
 from agentrl.cli.main import app
-from agentrl.config import ConfigError, load_config
+from agentrl.core.config import ConfigError, load_config
+from agentrl.core.models import load_model
 from agentrl.experiment import ExperimentConfig
 from agentrl.metrics import read_metrics
-from agentrl.models import load_model
 from agentrl.train import loop
+from agentrl.train.checkpoint import COMPLETE, LATEST, latest_checkpoint
 from agentrl.train.display import TrainDisplay
 from agentrl.train.loop import TrainingStopped, train
 from agentrl.train.run_state import read_state
 from tests.agentrl.train_env import ENV_ID
-from trainers.checkpoint import COMPLETE, LATEST, latest_checkpoint
 
 VOLATILE = ("time", "perf/")
 

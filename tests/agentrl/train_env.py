@@ -12,7 +12,7 @@ from typing import Any
 import gymnasium
 import numpy as np
 
-from agentrl.types import Task
+from agentrl.core.types import Task
 from environments.base import Message, StepResult, TextEnv
 
 ENV_ID = "tests/Vowels-v0"

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from agentrl.types import Task
+from agentrl.core.types import Task
 from environments.datasets import (
     LOADERS,
     DatasetError,
@@ -132,7 +132,7 @@ def test_ottqa_headers_fit_the_encoder_window(data_dir: Path) -> None:
     passage the dense index encodes ("title" then the serialized table)."""
     from tokenizers import Tokenizer
 
-    from agentrl.models import resolve_encoder_path
+    from agentrl.core.models import resolve_encoder_path
 
     tokenizer = Tokenizer.from_file(
         str(Path(resolve_encoder_path("bundled:all-minilm-l6-v2")) / "tokenizer.json")

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import environments  # noqa: F401
-from agentrl.types import Task
+from agentrl.core.types import Task
 from environments.math_answers import canonical_math_answer, math_equal, parse_math_response
 
 FORMAT = [

@@ -6,7 +6,7 @@ import gymnasium as gym
 import pytest
 
 import environments  # noqa: F401
-from agentrl.types import Task
+from agentrl.core.types import Task
 from environments.parsing import parse_turn
 from retrievers.memory import InMemoryRetriever
 

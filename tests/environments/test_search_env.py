@@ -9,7 +9,7 @@ import gymnasium as gym
 import pytest
 
 import environments  # noqa: F401
-from agentrl.types import Task
+from agentrl.core.types import Task
 from environments.search_env import SEARCH_SYSTEM_PROMPT, SearchQAEnv
 from retrievers.base import Hit
 from retrievers.memory import InMemoryRetriever

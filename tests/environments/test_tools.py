@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import environments  # noqa: F401
-from agentrl.types import Task
+from agentrl.core.types import Task
 from environments.calculator import safe_eval
 from environments.python_tool import run_python
 from environments.tools import Tool, ToolArgumentError, ToolEnv, parse_call, tool

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from agentrl.config import load_config
+from agentrl.core.config import load_config
+from agentrl.core.generator import SamplingParams
 from agentrl.experiment import ExperimentConfig
-from agentrl.generation.base import SamplingParams
 from agentrl.train.display import TrainDisplay
 from agentrl.train.loop import Trainer
 

@@ -104,7 +104,7 @@ def _reference_model(path: str, pooling: str, max_length: int):  # type: ignore[
 @requires_minilm
 @pytest.mark.parametrize("family", ["e5", "bge-m3", "sentence-transformers"])
 def test_search_path_encodes_queries_bit_for_bit(family: str, wiki_subset: Path, tmp_path: Path) -> None:
-    from agentrl.models import resolve_encoder_path
+    from agentrl.core.models import resolve_encoder_path
 
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text(
@@ -161,7 +161,7 @@ def test_mean_pooling_matches_plain_transformers() -> None:
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from agentrl.models import resolve_encoder_path
+    from agentrl.core.models import resolve_encoder_path
     from retrievers.encoders import Encoder
 
     path = resolve_encoder_path(MINILM)
@@ -185,7 +185,7 @@ def test_last_token_pooling_matches_plain_transformers() -> None:
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from agentrl.models import resolve_encoder_path
+    from agentrl.core.models import resolve_encoder_path
     from retrievers.encoders import Encoder
 
     path = resolve_encoder_path(MINILM)
@@ -237,7 +237,7 @@ def test_build_cli_overrides_are_recorded_and_used(world_corpus: Path, tmp_path:
 
 
 def resolve_minilm() -> str:
-    from agentrl.models import resolve_encoder_path
+    from agentrl.core.models import resolve_encoder_path
 
     return resolve_encoder_path(MINILM)
 

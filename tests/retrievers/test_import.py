@@ -49,7 +49,7 @@ def test_import_serves_a_raw_faiss_index_without_re_encoding(world_corpus: Path,
     import faiss
     from sentence_transformers import SentenceTransformer
 
-    from agentrl.models import resolve_encoder_path
+    from agentrl.core.models import resolve_encoder_path
 
     corpus = tmp_path / "wiki-18.jsonl"
     contents = searchr1_corpus(world_corpus, corpus, 40)

@@ -114,7 +114,7 @@ def test_over_long_query_is_cut_to_the_encoders_max_length(world_dense_index: Pa
 
 def test_search_env_searchr1_format_matches_search_r1_rendering(bm25_server: ServerThread) -> None:
     """The env's `searchr1` observation over HTTP equals Search-R1's own rendering of the raw answer."""
-    from agentrl.types import Task
+    from agentrl.core.types import Task
     from environments.search_env import SearchQAEnv
 
     query = recipe_queries(1)[0]

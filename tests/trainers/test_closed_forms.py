@@ -1,4 +1,4 @@
-"""Gradient masses m_S, m_F of every scheme against the closed forms of ALGORITHMS.md / FADE App. 8."""
+"""Gradient masses m_S, m_F of every scheme against the closed forms of docs/algorithms.md / FADE App. 8."""
 
 from __future__ import annotations
 

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import copy
 import socket
+from types import SimpleNamespace
 
 import pytest
 import torch
 
+from agentrl.generation.hf import HFGenerator
 from agentrl.train.step_batch import policy_minibatch, step_tensors
 from tests.trainers.test_worker import batch_of_episodes, tiny
 from trainers.model_setup import TrainableSpec, prepare_for_training
@@ -44,20 +46,14 @@ def minibatch(preset_name: str = "grpo"):
     return preset, batch
 
 
+def tiny_tokenizer() -> SimpleNamespace:
+    """What the HF generator reads of a tokenizer when it only takes weights (pad and EOS ids)."""
+    return SimpleNamespace(pad_token_id=0, eos_token_id=1)
+
+
 def config_for(preset, budget: int = 4096) -> WorkerConfig:
     return WorkerConfig(OptimConfig(learning_rate=1e-2, total_steps=2, max_grad_norm=1.0), loss=preset.loss,
                         micro_batch_tokens=budget)  # fmt: skip
-
-
-class DriverGenerator:
-    """The HF generator's part in a sync: a module of its own and a key/value cache to drop."""
-
-    def __init__(self, model) -> None:
-        self.model = model
-        self.cleared = 0
-
-    def clear_cache(self) -> None:
-        self.cleared += 1
 
 
 @pytest.mark.parametrize("mode", ["full", "lora"])
@@ -90,9 +86,9 @@ def test_two_gloo_actors_match_the_local_worker_after_two_steps(ray_cluster, mod
         stats, expected_stats = group.compute_stats(inputs), local.compute_stats(inputs)
         torch.testing.assert_close(stats["logprobs"], expected_stats["logprobs"], rtol=1e-5, atol=1e-5)
         driver_copy = prepare_for_training(tiny(seed=3), TrainableSpec(mode=mode))
-        generator = DriverGenerator(driver_copy)
+        generator = HFGenerator(driver_copy, tiny_tokenizer())
         group.sync_weights(generator)
-        assert generator.cleared == 1
+        assert generator.policy_version == group.steps
         synced = dict(driver_copy.named_parameters())
         for name, value in trained.items():
             assert torch.equal(synced[name], value), name
@@ -107,9 +103,9 @@ def test_train_on_two_workers_matches_in_process_and_resumes_after_a_worker_dies
     rank's error, step 1's checkpoint stays intact, `--resume auto` finishes the run, and the final weights
     equal an in-process run's."""
     from agentrl.metrics import read_metrics
+    from agentrl.train.checkpoint import latest_checkpoint
     from agentrl.train.loop import train
     from tests.agentrl.test_train import config, final_params, quiet
-    from trainers.checkpoint import latest_checkpoint
 
     extra = ("trainer.steps=2", "trainer.save_every=1", "trainer.learning_rate=0.01")
     local = train(config(tiny_model_dir, tmp_path / "local", *extra), display=quiet())
@@ -138,7 +134,7 @@ def test_train_on_two_workers_matches_in_process_and_resumes_after_a_worker_dies
 
 
 def test_bad_cluster_settings_fail_before_the_model_loads(ray_cluster, tiny_model_dir, tmp_path) -> None:
-    from agentrl.config import ConfigError
+    from agentrl.core.config import ConfigError
     from agentrl.train.loop import train
     from tests.agentrl.test_train import config, quiet
 

@@ -9,9 +9,9 @@ import copy
 import pytest
 import torch
 
-from agentrl.generation.base import process_logits
+from agentrl.core.generator import process_logits
+from agentrl.core.types import Trajectory
 from agentrl.train.step_batch import needs_stats, policy_minibatch, sft_batch, step_tensors
-from agentrl.types import Trajectory
 from trainers.advantages import FadeState
 from trainers.batching import PolicyBatch, pack_micro_batches, split_minibatches
 from trainers.logprobs import naive_token_stats, token_stats

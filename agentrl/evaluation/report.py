@@ -1,6 +1,6 @@
 """The human side of an evaluation report: `report.md`, the pass@k plot and the side-by-side comparison.
 
-`report.json` (the metrics of `agentrl.evaluation_metrics.report_metrics` plus the manifest) is the source of
+`report.json` (the metrics of `agentrl.evaluation.metrics.report_metrics` plus the manifest) is the source of
 everything here, so a comparison can be drawn from finished evaluation directories alone.
 """
 

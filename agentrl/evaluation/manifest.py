@@ -22,10 +22,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from agentrl.files import atomic_open
-from agentrl.models import ModelSource, resolve_model_path
-from agentrl.paths import cache_dir
-from agentrl.types import Task
+from agentrl.core.files import atomic_open
+from agentrl.core.models import ModelSource, resolve_model_path
+from agentrl.core.paths import cache_dir
+from agentrl.core.types import Task
+from agentrl.evaluation.evaluator import EvalSettings
+from agentrl.experiment import ExperimentConfig
 
 HASH_CACHE = "file_hashes.json"
 COMPARED_OUTSIDE = ("model",)
@@ -79,7 +81,7 @@ def directory_sha256(path: str | Path) -> str:
 
 def model_manifest(source: ModelSource, tokenizer: Any = None) -> dict[str, Any]:
     """The model's spec, kind, directory, weights hash (None for a hub id), LoRA base and chat template."""
-    path = resolve_model_path(source.path) if source.kind == "bundled" else source.path
+    path = source.weights_path()
     local = Path(path).is_dir()
     out: dict[str, Any] = {
         "spec": source.spec, "kind": source.kind, "path": path,
@@ -143,7 +145,7 @@ def prompt_template(env_id: str, env_kwargs: dict[str, Any], task: Task) -> list
     return [{"role": m["role"], "content": m["content"].replace(question, "{question}")} for m in messages]
 
 
-def env_manifest(cfg: Any, task: Task) -> dict[str, Any]:
+def env_manifest(cfg: ExperimentConfig, task: Task) -> dict[str, Any]:
     """Env id, turn budget, constructor kwargs (as the engine passes them, retriever aside) and the prompt."""
     from agentrl.rollout.setup import env_kwargs_for
 
@@ -173,7 +175,7 @@ def index_manifest(index_dir: str | Path) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def retriever_manifest(cfg: Any) -> dict[str, Any]:
+def retriever_manifest(cfg: ExperimentConfig) -> dict[str, Any]:
     """What search envs search: the index, the synthetic worlds' documents, or a server (as `build_retriever`
     chooses them), with the top-k and the env's corpus mode (`task` searches each question's own passages)."""
     from agentrl.rollout.setup import env_kwargs_for, run_worlds
@@ -200,7 +202,7 @@ def retriever_manifest(cfg: Any) -> dict[str, Any]:
     return out
 
 
-def sampling_manifest(cfg: Any, settings: Any) -> dict[str, Any]:
+def sampling_manifest(cfg: ExperimentConfig, settings: EvalSettings) -> dict[str, Any]:
     r = cfg.rollout
     return {
         "samples": settings.samples, "greedy": settings.greedy,
@@ -213,7 +215,7 @@ def sampling_manifest(cfg: Any, settings: Any) -> dict[str, Any]:
 
 
 def build_manifest(
-    cfg: Any, settings: Any, source: ModelSource, tokenizer: Any, tasks: list[Task]
+    cfg: ExperimentConfig, settings: EvalSettings, source: ModelSource, tokenizer: Any, tasks: list[Task]
 ) -> dict[str, Any]:
     """The manifest of evaluating `source` on `tasks` as `cfg` and `settings` describe."""
     from agentrl.rollout.setup import env_kwargs_for

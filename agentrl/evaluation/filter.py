@@ -20,12 +20,12 @@ import json
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
-from agentrl.data_overlap import Overlap, find_overlaps
-from agentrl.evaluation import EvalSettings
-from agentrl.files import atomic_open
-from agentrl.types import Task
+from agentrl.core.files import atomic_open
+from agentrl.core.types import Task
+from agentrl.evaluation.evaluator import EvalSettings
+from agentrl.evaluation.overlap import Overlap, find_overlaps
+from agentrl.experiment import ExperimentConfig
 
 
 def check_bounds(low: float, high: float) -> None:
@@ -41,7 +41,7 @@ def drop_overlaps(tasks: list[Task], eval_tasks: list[Task]) -> tuple[list[Task]
 
 
 def difficulty_filter(
-    cfg: Any,
+    cfg: ExperimentConfig,
     tasks: list[Task],
     settings: EvalSettings,
     low: float,
@@ -50,7 +50,7 @@ def difficulty_filter(
 ) -> tuple[list[Task], dict[str, float]]:
     """Roll out `settings.samples` episodes per task with `cfg`'s model and engine; keep the tasks with
     low < accuracy < high. Returns them and the accuracy of every task by id."""
-    from agentrl.evaluation import evaluate
+    from agentrl.evaluation.evaluator import evaluate
     from agentrl.rollout.setup import build_engine, build_generator_for, load_policy
 
     check_bounds(low, high)

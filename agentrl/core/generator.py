@@ -8,7 +8,9 @@ shared with whoever recomputes log-probs later (trainers, tests).
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
 FinishReason = Literal["stop", "eos", "length"]
@@ -79,20 +81,62 @@ class Completion:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+class PolicyWeights(Protocol):
+    """A policy worker's weights, as a generator takes them after an optimizer step.
+
+    `live_module()` is the trained module itself when it lives in the caller's process (a generator that
+    shares it needs no copy), else None; `trainable_state()` is {name: CPU tensor} of the parameters that
+    training changes.
+    """
+
+    def live_module(self) -> Any | None: ...
+
+    def trainable_state(self) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class EngineWeights(PolicyWeights, Protocol):
+    """The transports vLLM engines take on top of `PolicyWeights`: the LoRA adapter written to a directory,
+    CUDA IPC handles of the trainer's tensors by GPU UUID (colocated engines), an NCCL broadcast from trainer
+    rank 0 (separate engines)."""
+
+    def save_adapter(self, directory: str | Path) -> Path: ...
+
+    def ipc_handles(self) -> dict[str, dict[str, Any]]: ...
+
+    def broadcast_address(self) -> tuple[str, int]: ...
+
+    def open_weight_broadcast(self, host: str, port: int, world_size: int) -> None: ...
+
+    def weight_metas(self) -> list[tuple[str, str, list[int]]]: ...
+
+    def broadcast_weights(self) -> None: ...
+
+
 @runtime_checkable
 class Generator(Protocol):
-    """A sampling backend.
+    """A sampling backend and its life cycle.
 
-    `generate(prompts, sampling)` takes [N] prompts as token-id lists and returns [N] completions in the same
-    order. `sampling` is one `SamplingParams` for all prompts or a list of N that differ only in
-    `max_new_tokens` and `stop`. `load_weights` replaces the policy weights (a trainer's state dict).
+    - `generate(prompts, sampling)` takes [N] prompts as token-id lists and returns [N] completions in the
+      same order. `sampling` is one `SamplingParams` for all prompts or a list of N that differ only in
+      `max_new_tokens` and `stop`.
+    - `update_policy(source, version)` brings the sampler to the weights a policy worker holds after its
+      `version`-th optimizer step (the one place where weights reach a backend; the worker's `sync_weights`
+      calls it) and drops every cache the old weights filled.
+    - `awake()` is the block inside which rollouts and evaluations run (colocated engines hold their memory
+      only there).
+    - `close()` releases the backend's engines.
     """
 
     def generate(
         self, prompt_token_ids: list[list[int]], sampling: SamplingParams | list[SamplingParams]
     ) -> list[Completion]: ...
 
-    def load_weights(self, state_dict: dict[str, Any]) -> None: ...
+    def update_policy(self, source: PolicyWeights, version: int) -> None: ...
+
+    def awake(self) -> AbstractContextManager[object]: ...
+
+    def close(self) -> None: ...
 
 
 def per_prompt(sampling: SamplingParams | list[SamplingParams], n: int) -> list[SamplingParams]:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from agentrl.evaluation_records import QuestionRecord, SampleRecord
+from agentrl.evaluation.records import QuestionRecord, SampleRecord
 from agentrl.metrics import pass_at_k
 
 SCORE_NAMES = ("em", "f1", "accuracy", "score", "reward")

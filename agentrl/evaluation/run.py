@@ -18,12 +18,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from agentrl.evaluation import EvalSettings, evaluate
-from agentrl.evaluation_records import QuestionRecord
-from agentrl.evaluation_report import plot_pass_at_k, report_markdown
-from agentrl.evaluation_store import PASS_AT_K_PNG, REPORT_MD, EvalStore
-from agentrl.models import ModelSource
-from agentrl.types import Task
+from agentrl.core.models import ModelSource
+from agentrl.core.types import Task
+from agentrl.evaluation.evaluator import EvalSettings, evaluate
+from agentrl.evaluation.records import QuestionRecord
+from agentrl.evaluation.report import plot_pass_at_k, report_markdown
+from agentrl.evaluation.store import PASS_AT_K_PNG, REPORT_MD, EvalStore
+from agentrl.experiment import ExperimentConfig
 
 Stage = Callable[[str], None]
 
@@ -39,13 +40,13 @@ class EvalOutcome:
     rolled_out: list[int] = field(default_factory=list)
 
 
-def eval_config(cfg: Any) -> Any:
+def eval_config(cfg: ExperimentConfig) -> ExperimentConfig:
     """`cfg` as an evaluation runs it: the training data replaced by the evaluation data, SFT off."""
     sft = replace(cfg.sft, enabled=False)
     return replace(cfg, data=cfg.eval.data, sft=sft, eval=replace(cfg.eval, enabled=True))
 
 
-def load_eval_tasks(cfg: Any) -> list[Task]:
+def load_eval_tasks(cfg: ExperimentConfig) -> list[Task]:
     """The evaluation questions of `cfg.eval.data`; a ValueError naming the file when none is usable."""
     from agentrl.rollout.setup import section_tasks
 
@@ -65,11 +66,12 @@ def load_eval_tasks(cfg: Any) -> list[Task]:
 
 
 def check_overlap(
-    cfg: Any, tasks: list[Task], train_files: list[str], allow_overlap: bool, stage: Stage, model: ModelSource
+    cfg: ExperimentConfig, tasks: list[Task], train_files: list[str], allow_overlap: bool, stage: Stage,
+    model: ModelSource,
 ) -> None:
     """Refuse (unless `allow_overlap`) questions that also appear in `train_files` (read with the evaluation
     data's loader) or, when `model` is an `agentrl train` checkpoint, in the run's training data."""
-    from agentrl.data_overlap import find_overlaps, overlap_message
+    from agentrl.evaluation.overlap import find_overlaps, overlap_message
 
     sources = [(f, _file_tasks(cfg.eval.data.dataset, f)) for f in train_files]
     run = _run_training_tasks(model)
@@ -100,8 +102,7 @@ def _run_training_tasks(source: ModelSource) -> tuple[str, list[Task]] | None:
     config_file = Path(source.checkpoint).parent.parent / "config.yaml"
     if not config_file.is_file():
         return None
-    from agentrl.config import load_config
-    from agentrl.experiment import ExperimentConfig
+    from agentrl.core.config import load_config
     from agentrl.rollout.setup import section_tasks
 
     run = load_config(ExperimentConfig, config_file, [])
@@ -111,7 +112,7 @@ def _run_training_tasks(source: ModelSource) -> tuple[str, list[Task]] | None:
 
 
 def run_eval(
-    cfg: Any,
+    cfg: ExperimentConfig,
     settings: EvalSettings,
     output: Path | None = None,
     overwrite: bool = False,
@@ -124,8 +125,8 @@ def run_eval(
 ) -> EvalOutcome:
     """Evaluate `cfg.model` on `cfg.eval.data` with `settings`; write the report files to `output` (resuming
     an evaluation of the same manifest found there)."""
-    from agentrl.evaluation_manifest import build_manifest
-    from agentrl.models import inspect_model
+    from agentrl.core.models import inspect_model
+    from agentrl.evaluation.manifest import build_manifest
     from agentrl.rollout.setup import build_engine, build_generator_for, load_policy
     from agentrl.train.recipe import check_config
 
@@ -174,7 +175,7 @@ def run_eval(
 
 
 def write_report_files(out: Path, report: dict[str, Any]) -> None:
-    from agentrl.files import atomic_open
+    from agentrl.core.files import atomic_open
 
     with atomic_open(out / REPORT_MD) as f:
         f.write(report_markdown(report))

@@ -1,14 +1,23 @@
-"""Paper 002, Algorithm C.1: the two-stage dynamic under mean-centred advantages, none under negative-only."""
+"""Paper 002, Algorithm C.1 (the example script docs/examples/toy_bandit.py): the two-stage dynamic under
+mean-centred advantages, none under negative-only."""
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from trainers import toy_bandit
-from trainers.toy_bandit import INIT_PROBS, advantages, expected_dynamics, simulate, summarize
+SCRIPT = Path(__file__).resolve().parents[1] / "docs" / "examples" / "toy_bandit.py"
+_spec = importlib.util.spec_from_file_location("toy_bandit", SCRIPT)
+assert _spec is not None and _spec.loader is not None
+toy_bandit = importlib.util.module_from_spec(_spec)
+sys.modules["toy_bandit"] = toy_bandit  # dataclasses resolve their module by name
+_spec.loader.exec_module(toy_bandit)
+INIT_PROBS, advantages, simulate = toy_bandit.INIT_PROBS, toy_bandit.advantages, toy_bandit.simulate
+expected_dynamics, summarize = toy_bandit.expected_dynamics, toy_bandit.summarize
 
 
 def test_fast_advantages_match_registered_scheme() -> None:

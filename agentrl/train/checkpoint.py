@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from agentrl.files import atomic_open
+from agentrl.core.files import atomic_open
 
 LATEST = "latest"
 COMPLETE = "COMPLETE"

@@ -4,7 +4,7 @@ Every environment reports its episode scores in the final step's `info["episode"
 per env `f1` / `em` for QA, `answer_correct` for math, `score` for tool envs); the engine keeps them in
 `Trajectory.info["episode"]`. `evaluate` rolls out `samples` episodes per task (greedy by default), a chunk of
 questions at a time with a seed derived from the chunk's position, turns them into per-question records
-(`agentrl.evaluation_records`) and computes the report (`agentrl.evaluation_metrics`). `agentrl train`'s
+(`agentrl.evaluation.records`) and computes the report (`agentrl.evaluation.metrics`). `agentrl train`'s
 held-out evaluations and `agentrl eval` both call it, so they log and report the same numbers under the same
 names; a chunk already evaluated (a resumed `agentrl eval`) is passed in and skipped.
 """
@@ -15,12 +15,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from agentrl.evaluation_metrics import check_ks, default_ks, flat_metrics, report_metrics
-from agentrl.evaluation_records import QuestionRecord, episode_scores, question_records
-from agentrl.generation.base import SamplingParams
+from agentrl.core.generator import SamplingParams
+from agentrl.core.seeding import derive_seed
+from agentrl.core.types import Task, Trajectory
+from agentrl.evaluation.metrics import check_ks, default_ks, flat_metrics, report_metrics
+from agentrl.evaluation.records import QuestionRecord, episode_scores, question_records
+from agentrl.experiment import ExperimentConfig
 from agentrl.rollout.engine import EngineConfig, RolloutEngine
-from agentrl.seeding import derive_seed
-from agentrl.types import Task, Trajectory
 
 __all__ = [
     "EvalResult", "EvalSettings", "episode_scores", "eval_engine", "evaluate", "headline", "summarize",
@@ -69,7 +70,7 @@ class EvalSettings:
     bootstrap: int = 1000
 
     @classmethod
-    def from_config(cls, cfg: Any, **changes: Any) -> EvalSettings:
+    def from_config(cls, cfg: ExperimentConfig, **changes: Any) -> EvalSettings:
         """From an `ExperimentConfig`'s `eval` section; the seed derives from the run seed, and a chunk is as
         many questions as fill one generation batch (`rollout.batch_size` episodes)."""
         e = cfg.eval

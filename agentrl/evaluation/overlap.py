@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from agentrl.types import Task
+from agentrl.core.types import Task
 
 
 def normalize_question(text: str) -> str:

@@ -19,7 +19,7 @@ from typing import Any, Literal, TypeVar, Union
 
 import yaml
 
-from agentrl.registry import closest
+from agentrl.core.registry import closest
 
 C = TypeVar("C")
 

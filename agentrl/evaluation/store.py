@@ -19,9 +19,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from agentrl.evaluation_manifest import manifest_differences
-from agentrl.evaluation_records import QuestionRecord
-from agentrl.files import atomic_open
+from agentrl.core.files import atomic_open
+from agentrl.evaluation.manifest import manifest_differences
+from agentrl.evaluation.records import QuestionRecord
 
 MANIFEST = "manifest.json"
 PREDICTIONS = "predictions.jsonl"

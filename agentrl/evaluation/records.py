@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from agentrl.types import Task, Trajectory
+from agentrl.core.types import Task, Trajectory
 
 GROUP_FIELDS = ("type", "level", "hop")
 UNFINDABLE_ANSWERS = frozenset({"yes", "no", "noanswer"})

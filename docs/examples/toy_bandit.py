@@ -13,7 +13,7 @@ policy gradient g = Σ_i Â_i (e_{a_i} - π) with z ← z + η·g/G (G = 2, η =
 
 Algorithm C.1 labels its step "Adam update" but writes the plain step z ← z + η·g/G; the plain step is used.
 
-    python -m trainers.toy_bandit --out bandit.png
+    python docs/examples/toy_bandit.py --out bandit.png
 """
 
 from __future__ import annotations
