@@ -7,10 +7,15 @@ Work happens in `.<name>.partial/` beside the output directory:
 3. FAISS is trained on a sample and filled shard by shard; BM25 is indexed from the store;
 4. `meta.json` is written last and the directory renamed to its final name.
 A resumed build must use the same settings; `restart=True` discards the partial work instead.
+
+Replacing a finished index (`overwrite=True`) swaps the new directory in with two renames and then moves back
+every file of the old directory that the index does not own (`INDEX_FILES`), so a user's notes beside the
+index survive; a corpus inside the output directory is refused, since the build reads it while it runs.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -22,7 +27,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from agentrl.core.files import atomic_open
+from agentrl.core.files import atomic_open, disk_full_error
 from agentrl.core.progress import make_progress
 from agentrl.core.registry import Registry
 from retrievers.corpora import detect_format, read_corpus
@@ -40,6 +45,7 @@ from retrievers.index_meta import (
 STATE_FILE = "build.json"
 SHARD_DIR = "shards"
 CRASH_ENV = "AGENTRL_INDEX_CRASH_AFTER_SHARDS"  # testing hook: SIGKILL the build after N new shards
+INDEX_FILES = frozenset({META_FILE, DOCS_FILE, FAISS_FILE, BM25_DIR, STATE_FILE, SHARD_DIR})
 
 INDEX_KINDS: Registry[tuple[bool, bool]] = Registry("index kind")  # name -> (needs dense, needs bm25)
 INDEX_KINDS.add("dense", (True, False))
@@ -89,7 +95,7 @@ class BuildReport:
 def build_index(cfg: BuildConfig) -> BuildReport:
     """Build (or resume building) the index described by `cfg`; returns what this run did."""
     start = time.perf_counter()
-    needs_dense, needs_bm25 = INDEX_KINDS.get(cfg.kind)
+    needs_dense = INDEX_KINDS.get(cfg.kind)[0]
     if cfg.shard_size < 1 or cfg.batch_size < 1:
         raise ValueError("--shard-size and --batch-size must be >= 1")
     out = Path(cfg.out)
@@ -101,6 +107,8 @@ def build_index(cfg: BuildConfig) -> BuildReport:
         raise FileExistsError(f"{out} already holds a finished index; pass --overwrite to replace it")
     if out.exists() and not (out / META_FILE).exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not an agentrl index; choose another --out")
+    _check_corpus_outside(corpus, out)
+    _check_no_interrupted_swap(out)
     fmt = detect_format(corpus) if cfg.corpus_format == "auto" else cfg.corpus_format
     spec = (
         EncoderSpec.create(cfg.encoder, cfg.family, cfg.max_length, cfg.dtype, **encoder_overrides(cfg))
@@ -109,6 +117,17 @@ def build_index(cfg: BuildConfig) -> BuildReport:
     )
 
     work = out.parent / f".{out.name}.partial"
+    discard = functools.partial(shutil.rmtree, work, ignore_errors=True)
+    with disk_full_error(out.parent, cleanup=discard, what=f"index {out} (the unfinished build {work})"):
+        num_docs, encoded, reused = _build_in(work, out, cfg, corpus, fmt, spec, start)
+    return BuildReport(out, num_docs, encoded, reused, time.perf_counter() - start)
+
+
+def _build_in(
+    work: Path, out: Path, cfg: BuildConfig, corpus: Path, fmt: str, spec: EncoderSpec | None, start: float
+) -> tuple[int, int, int]:
+    """Build in `work`, then move it to `out`; returns (documents, passages encoded, shards reused)."""
+    needs_dense, needs_bm25 = INDEX_KINDS.get(cfg.kind)
     state = _open_state(work, _fingerprint(cfg, corpus, fmt, spec), cfg.restart)
     console = _console()
     if not state.get("docs_done"):
@@ -145,7 +164,7 @@ def build_index(cfg: BuildConfig) -> BuildReport:
     (work / STATE_FILE).unlink(missing_ok=True)
     write_json_atomic(work / META_FILE, meta)
     _move_into_place(work, out)
-    return BuildReport(out, num_docs, encoded, reused, time.perf_counter() - start)
+    return num_docs, encoded, reused
 
 
 def store_corpus(corpus: Path, fmt: str, target: Path, console: Any, progress: bool = True) -> int:
@@ -206,6 +225,30 @@ def _check_out_path(out: Path) -> None:
             if not parent.is_dir():
                 raise FileExistsError(f"--out {out}: {parent} is a file, not a directory")
             return
+
+
+def _check_corpus_outside(corpus: Path, out: Path) -> None:
+    """The corpus must not lie inside `--out`, which the finished build replaces."""
+    if corpus.resolve().is_relative_to(out.resolve()):
+        raise ValueError(
+            f"corpus {corpus} lies inside the output directory {out}, which the build replaces; "
+            "move the corpus out of it or choose another --out"
+        )
+
+
+def _old_dir(out: Path) -> Path:
+    return out.parent / f".{out.name}.old"
+
+
+def _check_no_interrupted_swap(out: Path) -> None:
+    """Refuse to build while `.<name>.old` still holds a user's files from a swap that was cut short."""
+    old = _old_dir(out)
+    foreign = sorted(p.name for p in old.iterdir() if p.name not in INDEX_FILES) if old.is_dir() else []
+    if foreign:
+        raise FileExistsError(
+            f"{old} holds files moved out of {out} by an interrupted build ({', '.join(foreign[:5])}); "
+            f"move them back into {out} (or delete them) and rerun"
+        )
 
 
 def _open_state(work: Path, fingerprint: dict[str, Any], restart: bool) -> dict[str, Any]:
@@ -307,15 +350,33 @@ def _write_faiss(cfg: BuildConfig, shards: list[Path], dim: int, target: Path, c
 
 
 def _move_into_place(work: Path, out: Path) -> None:
-    if out.exists():
-        trash = out.parent / f".{out.name}.old"
-        shutil.rmtree(trash, ignore_errors=True)
-        os.replace(out, trash)
-        os.replace(work, out)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
+    """Rename `work` to `out`; an index already at `out` is swapped out whole, then the files it does not own
+    are moved into the new directory and only the index's own files are deleted."""
+    if not out.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
         os.replace(work, out)
+        return
+    old = _old_dir(out)
+    _check_no_interrupted_swap(out)
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(out, old)
+    os.replace(work, out)
+    for entry in sorted(old.iterdir()):
+        if entry.name not in INDEX_FILES:
+            os.replace(entry, out / entry.name)
+    _remove_index_files(old)
+
+
+def _remove_index_files(directory: Path) -> None:
+    """Delete the files an index owns in `directory`, then the directory itself when nothing else is left."""
+    for name in INDEX_FILES:
+        path = directory / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    if not any(directory.iterdir()):
+        directory.rmdir()
 
 
 def _console() -> Any:

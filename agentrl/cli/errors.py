@@ -8,14 +8,17 @@ from collections.abc import Iterator
 import typer
 from rich.console import Console
 
+from agentrl.core.files import NoSpaceError
+
 err_console = Console(stderr=True)
 
 
 @contextlib.contextmanager
 def user_errors(*kinds: type[BaseException]) -> Iterator[None]:
-    """Print `kinds` (plus FileExistsError; default: ValueError, KeyError, FileNotFoundError, RuntimeError)
-    as `error: ...`."""
-    catch = (*(kinds or (ValueError, KeyError, FileNotFoundError, RuntimeError)), FileExistsError)
+    """Print `kinds` (plus FileExistsError and NoSpaceError; default: ValueError, KeyError, FileNotFoundError,
+    RuntimeError) as `error: ...`."""
+    defaults = (ValueError, KeyError, FileNotFoundError, RuntimeError)
+    catch = (*(kinds or defaults), FileExistsError, NoSpaceError)
     try:
         yield
     except catch as exc:

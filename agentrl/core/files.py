@@ -1,13 +1,15 @@
-"""File helpers: atomic writes (a file is either its old self or completely written, never half of each) and
-streamed JSONL reading with line-numbered errors."""
+"""File helpers: atomic writes (a file is either its old self or completely written, never half of each),
+a named error for a full disk and streamed JSONL reading with line-numbered errors."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import io
 import json
 import os
+import sqlite3
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -35,6 +37,40 @@ def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+class NoSpaceError(RuntimeError):
+    """A write ran out of disk space; the message names the directory."""
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether `exc` reports a full disk: ENOSPC, SQLite's "database or disk is full", or a C++ library's
+    (FAISS) write error quoting ENOSPC's message."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    if isinstance(exc, sqlite3.OperationalError):
+        return "disk is full" in str(exc)
+    return isinstance(exc, RuntimeError) and os.strerror(errno.ENOSPC) in str(exc)
+
+
+@contextlib.contextmanager
+def disk_full_error(
+    directory: str | Path, cleanup: Callable[[], None] | None = None, what: str = ""
+) -> Iterator[None]:
+    """Turn running out of space inside the block into a `NoSpaceError` naming `directory`, after calling
+    `cleanup` (which removes the partial files); `what` says what was being written."""
+    try:
+        yield
+    except (OSError, sqlite3.OperationalError, RuntimeError) as exc:
+        if isinstance(exc, NoSpaceError) or not is_disk_full(exc):
+            raise
+        if cleanup is not None:
+            cleanup()
+        doing = f" while writing {what}" if what else ""
+        raise NoSpaceError(
+            f"no space left on {directory}{doing}; the partial files were removed and earlier output is "
+            "unchanged: free some space (or choose a path on another disk) and rerun"
+        ) from None
 
 
 def open_text(path: str | Path) -> IO[str]:

@@ -25,9 +25,9 @@ def write_jsonl(path: Path, lines: list[str]) -> Path:
     return path
 
 
-def build(corpus: Path, out: Path) -> object:
+def build(corpus: Path, out: Path, *extra: str) -> object:
     args = ["index", "build", "--corpus", str(corpus), "--out", str(out), "--kind", "bm25", "--no-progress"]
-    return runner.invoke(app, args)
+    return runner.invoke(app, [*args, *extra])
 
 
 def one_line(output: str) -> str:
@@ -86,3 +86,31 @@ def test_info_on_a_killed_first_build_points_at_the_partial_build(tmp_path: Path
     assert "does not exist" in message and "an unfinished build is in" in message and "resume" in message
     nothing = runner.invoke(app, ["index", "info", str(tmp_path / "other")])
     assert "unfinished build" not in one_line(nothing.output)
+
+
+def test_overwrite_keeps_the_users_files_in_the_output_directory(tmp_path: Path) -> None:
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", [json.dumps(d) for d in DOCS])
+    out = tmp_path / "idx"
+    assert build(corpus, out).exit_code == 0
+    (out / "NOTES.txt").write_text("why this index exists")
+    (out / "eval").mkdir()
+    (out / "eval" / "recall.json").write_text("{}")
+    write_jsonl(corpus, [json.dumps(d) for d in DOCS[:4]])
+
+    result = build(corpus, out, "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert read_meta(out)["num_docs"] == 4
+    assert (out / "NOTES.txt").read_text() == "why this index exists"
+    assert (out / "eval" / "recall.json").read_text() == "{}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.jsonl", "idx"]
+
+
+def test_a_corpus_inside_the_output_directory_is_refused(tmp_path: Path) -> None:
+    out = tmp_path / "idx"
+    assert build(write_jsonl(tmp_path / "first.jsonl", [json.dumps(d) for d in DOCS]), out).exit_code == 0
+    corpus = write_jsonl(out / "corpus.jsonl", [json.dumps(d) for d in DOCS[:3]])
+    result = build(corpus, out, "--overwrite")
+    message = one_line(result.output)
+    assert result.exit_code == 2 and f"corpus {corpus} lies inside the output directory {out}" in message
+    assert corpus.read_text(encoding="utf-8").count("\n") == 3
+    assert read_meta(out)["num_docs"] == len(DOCS)
