@@ -2,9 +2,11 @@
 index without encoding a single passage.
 
 Row i of the FAISS index must be document i of the corpus, as in every index built by Search-R1 or FlashRAG.
-The corpus is streamed into a document store (`docs.sqlite`) and `meta.json` is written last, recording the
-encoder conventions that queries will be encoded with. The FAISS file stays where it is: `meta.json` names it
-(relative to the index directory when it lies inside it), so a 65 GB index is neither copied nor rewritten.
+The corpus is streamed into a staged document store and checked against the FAISS index before it replaces
+`docs.sqlite`, so a failed import leaves an index already at `--out` as it was; `meta.json` is written last,
+recording the encoder conventions that queries will be encoded with. The FAISS file stays where it is:
+`meta.json` names it (relative to the index directory when it lies inside it), so a 65 GB index is neither
+copied nor rewritten.
 """
 
 from __future__ import annotations
@@ -79,18 +81,22 @@ def import_faiss_index(cfg: ImportConfig) -> ImportReport:
     spec = replace(spec, dim=dim)
     fmt = detect_format(corpus) if cfg.corpus_format == "auto" else cfg.corpus_format
 
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    (out / META_FILE).unlink(missing_ok=True)
     staging = out / f".{DOCS_FILE}.importing"
-    from rich.console import Console
-
-    num_docs = store_corpus(corpus, fmt, staging, Console(stderr=True), cfg.progress)
-    if num_docs != num_vectors:
+    try:
+        num_docs = _stage_docs(corpus, fmt, staging, cfg.progress)
+        if num_docs != num_vectors:
+            raise ValueError(
+                f"{faiss_path} holds {num_vectors} vectors but corpus {corpus} has {num_docs} documents; "
+                "row i of the index must be document i of the corpus it was built from"
+            )
+    except BaseException:
         staging.unlink(missing_ok=True)
-        raise ValueError(
-            f"{faiss_path} holds {num_vectors} vectors but corpus {corpus} has {num_docs} documents; "
-            "row i of the index must be document i of the corpus it was built from"
-        )
+        if created and not any(out.iterdir()):
+            out.rmdir()
+        raise
+    (out / META_FILE).unlink(missing_ok=True)
     os.replace(staging, out / DOCS_FILE)
     seconds = time.perf_counter() - start
     meta = {
@@ -102,6 +108,13 @@ def import_faiss_index(cfg: ImportConfig) -> ImportReport:
     }
     write_json_atomic(out / META_FILE, meta)
     return ImportReport(out, num_docs, faiss_type, dim, time.perf_counter() - start)
+
+
+def _stage_docs(corpus: Path, fmt: str, staging: Path, progress: bool) -> int:
+    """Stream the corpus into a document store at `staging`; returns how many documents it holds."""
+    from rich.console import Console
+
+    return store_corpus(corpus, fmt, staging, Console(stderr=True), progress)
 
 
 def describe_faiss_file(path: Path) -> tuple[str, int, int]:

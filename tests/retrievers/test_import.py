@@ -114,3 +114,30 @@ def test_import_refuses_mismatched_corpus_and_l2_indexes(world_corpus: Path, tmp
     result = runner.invoke(app, import_args(not_faiss, corpus))
     assert result.exit_code == 2 and "is not a FAISS index file" in " ".join(result.output.split())
     assert not (tmp_path / "meta.json").exists()
+
+
+def test_a_failed_overwrite_leaves_the_old_index_working(world_corpus: Path, tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus.jsonl"
+    searchr1_corpus(world_corpus, corpus, 10)
+    vectors = tmp_path / "vectors.index"
+    write_faiss(np.random.default_rng(0).normal(size=(10, 384)), vectors)
+    out = tmp_path / "served"
+    assert runner.invoke(app, import_args(vectors, corpus, "--out", str(out))).exit_code == 0
+    before = {name: (out / name).read_bytes() for name in ("meta.json", "docs.sqlite")}
+
+    short = tmp_path / "short.index"
+    write_faiss(np.ones((9, 384)), short)
+    result = runner.invoke(app, import_args(short, corpus, "--out", str(out), "--overwrite"))
+    assert result.exit_code == 2 and "holds 9 vectors" in " ".join(result.output.split())
+    assert {name: (out / name).read_bytes() for name in before} == before
+    assert sorted(p.name for p in out.iterdir()) == ["docs.sqlite", "meta.json"]
+    assert read_meta(out)["num_docs"] == 10 and read_meta(out)["dense"]["file"] == str(vectors.resolve())
+
+
+def test_a_failed_import_into_a_new_directory_leaves_nothing(world_corpus: Path, tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus.jsonl"
+    searchr1_corpus(world_corpus, corpus, 10)
+    short = tmp_path / "short.index"
+    write_faiss(np.ones((9, 8)), short)
+    result = runner.invoke(app, import_args(short, corpus, "--out", str(tmp_path / "new")))
+    assert result.exit_code == 2 and not (tmp_path / "new").exists()
