@@ -23,7 +23,7 @@ from agentrl.core.types import Task
 from agentrl.evaluation.evaluator import EvalSettings, evaluate
 from agentrl.evaluation.records import QuestionRecord
 from agentrl.evaluation.report import plot_pass_at_k, report_markdown
-from agentrl.evaluation.store import PASS_AT_K_PNG, REPORT_MD, EvalStore
+from agentrl.evaluation.store import PASS_AT_K_PNG, REPORT_MD, EvalStore, check_output_dir
 from agentrl.experiment import ExperimentConfig
 
 Stage = Callable[[str], None]
@@ -134,6 +134,8 @@ def run_eval(
     cfg = eval_config(cfg)
     check_config(cfg, source, training=False)
     settings.validate()
+    if output is not None:
+        check_output_dir(output)
     model_source = inspect_model(cfg.model.name, cfg.model.base)
     say(f"loading questions ({' '.join(str(p) for p in (cfg.eval.data.dataset, cfg.eval.data.path) if p)})")
     tasks = load_eval_tasks(cfg)

@@ -50,6 +50,20 @@ def is_eval_dir(path: str | Path) -> bool:
     return (p / REPORT_JSON).is_file() and (p / PREDICTIONS).is_file()
 
 
+def check_output_dir(path: str | Path) -> None:
+    """Refuse an output directory that is not empty and holds no evaluation of ours (no `manifest.json`), so
+    that a user's own files there are never replaced."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise FileExistsError(f"--output {p} is a file; pass the path of a directory for the evaluation")
+    if p.is_dir() and not (p / MANIFEST).is_file() and any(p.iterdir()):
+        found = ", ".join(sorted(entry.name for entry in p.iterdir())[:5])
+        raise FileExistsError(
+            f"--output {p} is not empty ({found}) and holds no agentrl evaluation ({MANIFEST}); "
+            "choose a new or empty directory"
+        )
+
+
 def read_predictions(path: Path) -> dict[int, QuestionRecord]:
     """The question records of a predictions file by index (a later line for the same index wins); lines
     that are not complete records (a write cut short) are skipped."""
@@ -81,8 +95,9 @@ class EvalStore:
         """Start or resume: returns the records already written under the same manifest.
 
         An existing manifest that differs is an error naming the differences, unless `overwrite`, which
-        removes the earlier evaluation's files first.
+        removes the earlier evaluation's files first. A non-empty directory without a manifest is refused.
         """
+        check_output_dir(self.out)
         self.out.mkdir(parents=True, exist_ok=True)
         existing = self.path(MANIFEST)
         if existing.is_file():

@@ -285,3 +285,28 @@ def replace_model(cfg: ExperimentConfig, name: str) -> ExperimentConfig:
     from dataclasses import replace
 
     return replace(cfg, model=replace(cfg.model, name=name))
+
+
+def test_an_output_directory_of_the_users_own_files_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    no_model_loading(monkeypatch)
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "predictions.jsonl").write_text('{"my": "predictions"}\n')
+    (out / "report.md").write_text("# my report\n")
+    result = invoke("-o", str(out), *SMALL)
+    message = " ".join(result.output.split())
+    assert result.exit_code == 2 and f"--output {out} is not empty" in message and "manifest.json" in message
+    assert "choose a new or empty directory" in message
+    assert sorted(p.name for p in out.iterdir()) == ["predictions.jsonl", "report.md"]
+    assert (out / "report.md").read_text() == "# my report\n"
+
+
+def test_store_refuses_a_foreign_directory(tmp_path: Path) -> None:
+    from agentrl.evaluation.store import EvalStore
+
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match=r"holds no agentrl evaluation \(manifest.json\)"):
+        EvalStore(tmp_path).open({"model": {}})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
