@@ -223,13 +223,14 @@ def _compare(
     text = comparison_markdown(rows, flags)
     Console(soft_wrap=True).print(text, markup=False, highlight=False)
     if output is not None:
-        from agentrl.core.files import atomic_open
+        from agentrl.core.files import atomic_open, disk_full_error
 
-        with atomic_open(output / COMPARE_MD) as f:
-            f.write(text)
-        with atomic_open(output / COMPARE_JSON) as f:
-            json.dump({"rows": rows, "differences": flags}, f, indent=2)
-        plot_pass_at_k(reports, labels, output / COMPARE_PNG)
+        with disk_full_error(output):
+            with atomic_open(output / COMPARE_MD) as f:
+                f.write(text)
+            with atomic_open(output / COMPARE_JSON) as f:
+                json.dump({"rows": rows, "differences": flags}, f, indent=2)
+            plot_pass_at_k(reports, labels, output / COMPARE_PNG)
 
 
 def _slug(spec: str) -> str:

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from agentrl.core.files import atomic_open
+from agentrl.core.files import atomic_open, disk_full_error
 from agentrl.core.types import Task
 from agentrl.evaluation.evaluator import EvalSettings
 from agentrl.evaluation.overlap import Overlap, find_overlaps
@@ -67,6 +67,8 @@ def difficulty_filter(
 
 
 def write_tasks(path: Path, tasks: list[Task]) -> None:
-    with atomic_open(path) as f:
+    """Write `tasks` as JSONL to `path` atomically; a full disk is a `NoSpaceError` and leaves `path` as it
+    was."""
+    with disk_full_error(path.parent, what=str(path)), atomic_open(path) as f:
         for task in tasks:
             f.write(json.dumps(task.to_dict(), ensure_ascii=False) + "\n")

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from agentrl.core.files import atomic_open
+
 SCORE_COLUMNS = ("em", "f1", "accuracy", "format_rate")
 
 
@@ -81,7 +83,7 @@ def report_markdown(report: dict[str, Any]) -> str:
 
 
 def plot_pass_at_k(reports: Sequence[dict[str, Any]], labels: Sequence[str], path: Path) -> None:
-    """pass@k against k (log2 axis), one line per report."""
+    """pass@k against k (log2 axis), one line per report, written atomically to `path` (PNG)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -101,8 +103,11 @@ def plot_pass_at_k(reports: Sequence[dict[str, Any]], labels: Sequence[str], pat
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        with atomic_open(path, "wb") as handle:
+            fig.savefig(handle, format="png", dpi=110)
+    finally:
+        plt.close(fig)
 
 
 def comparison_rows(reports: Sequence[dict[str, Any]], labels: Sequence[str]) -> list[dict[str, str]]:

@@ -13,6 +13,7 @@ none usable) and the overlap with training questions.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -149,31 +150,40 @@ def run_eval(
     say("building the environment and retriever")
     engine, executor = build_engine(cfg, build_generator_for(cfg, model, tokenizer), tokenizer)
     try:
-        manifest = build_manifest(cfg, settings, model_source, tokenizer, tasks)
-        store = EvalStore(output) if output is not None else None
-        done = store.open(manifest, overwrite) if store is not None else {}
-        done = {i: r for i, r in done.items() if i < len(tasks) and r.id == tasks[i].id}
-        todo = len(tasks) - len(done)
-        if done:
-            say(f"resuming: {len(done)} of {len(tasks)} questions already evaluated in {output}")
-        say(f"evaluating {len(tasks)} questions x {settings.samples} in {cfg.env.id}")
-        if on_start is not None:
-            on_start(todo * settings.samples)
-        rolled: list[int] = []
+        with _disk_full(output):
+            manifest = build_manifest(cfg, settings, model_source, tokenizer, tasks)
+            store = EvalStore(output) if output is not None else None
+            done = store.open(manifest, overwrite) if store is not None else {}
+            done = {i: r for i, r in done.items() if i < len(tasks) and r.id == tasks[i].id}
+            todo = len(tasks) - len(done)
+            if done:
+                say(f"resuming: {len(done)} of {len(tasks)} questions already evaluated in {output}")
+            say(f"evaluating {len(tasks)} questions x {settings.samples} in {cfg.env.id}")
+            if on_start is not None:
+                on_start(todo * settings.samples)
+            rolled: list[int] = []
 
-        def keep(records: list[QuestionRecord]) -> None:
-            rolled.extend(r.index for r in records)
-            if store is not None:
-                store.append(records)
+            def keep(records: list[QuestionRecord]) -> None:
+                rolled.extend(r.index for r in records)
+                if store is not None:
+                    store.append(records)
 
-        result = evaluate(engine, tasks, settings, on_finish=on_finish, done=done, on_chunk=keep)
+            result = evaluate(engine, tasks, settings, on_finish=on_finish, done=done, on_chunk=keep)
     finally:
         executor.close()
     report = {**result.report, "manifest": manifest}
     if store is not None:
-        store.finish(result.questions, report)
-        write_report_files(store.out, report)
+        with _disk_full(store.out):
+            store.finish(result.questions, report)
+            write_report_files(store.out, report)
     return EvalOutcome(report, result.questions, store.out if store else None, len(done), rolled)
+
+
+def _disk_full(output: Path | None) -> contextlib.AbstractContextManager[None]:
+    """Running out of space in `output` as a `NoSpaceError` naming it (the writes are atomic or cut back)."""
+    from agentrl.core.files import disk_full_error
+
+    return disk_full_error(output) if output is not None else contextlib.nullcontext()
 
 
 def write_report_files(out: Path, report: dict[str, Any]) -> None:

@@ -120,16 +120,16 @@ class EvalStore:
         shutil.rmtree(self.out / "compare", ignore_errors=True)
 
     def append(self, records: list[QuestionRecord]) -> None:
-        """Append a chunk's records in one write and flush them to disk."""
-        text = "".join(json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in records)
-        path = self.path(PREDICTIONS)
-        with path.open("rb+" if path.exists() else "wb") as f:
-            f.seek(0, os.SEEK_END)
-            if f.tell() and not _ends_with_newline(f):
-                f.write(b"\n")
-            f.write(text.encode("utf-8"))
-            f.flush()
-            os.fsync(f.fileno())
+        """Append a chunk's records in one write and flush them to disk; a failed write is cut off again."""
+        data = "".join(json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in records).encode("utf-8")
+        fd = os.open(self.path(PREDICTIONS), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            size = os.lseek(fd, 0, os.SEEK_END)
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                data = b"\n" + data
+            _write_all(fd, data, size)
+        finally:
+            os.close(fd)
 
     def finish(self, questions: list[QuestionRecord], report: dict[str, Any]) -> None:
         """Rewrite predictions.jsonl in question order and write report.json."""
@@ -146,8 +146,14 @@ class EvalStore:
         return dict(read_json(self.path(REPORT_JSON)))
 
 
-def _ends_with_newline(f: Any) -> bool:
-    f.seek(-1, os.SEEK_END)
-    last = f.read(1)
-    f.seek(0, os.SEEK_END)
-    return bool(last == b"\n")
+def _write_all(fd: int, data: bytes, size: int) -> None:
+    """Write `data` at the end of the file (`size` bytes long) and fsync it; on failure cut the file back to
+    `size` bytes, so that no half-written line is left behind."""
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    except OSError:
+        os.ftruncate(fd, size)
+        raise

@@ -16,6 +16,7 @@ from agentrl.evaluation.overlap import find_overlaps, normalize_question
 from environments.datasets import load_tasks
 from tests.agentrl.conftest import ScriptedGenerator
 from tests.agentrl.train_env import ENV_ID
+from tests.conftest import fill_disk
 
 REPO = Path(__file__).resolve().parents[2]
 # Word k is answered correctly (all vowels: score 1) in CORRECT_OF_4[k] of every 4 samples.
@@ -82,3 +83,23 @@ def test_filter_rejects_bad_bounds(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.chdir(REPO)
     result = CliRunner().invoke(app, ["data", "filter", "-o", str(tmp_path / "k.jsonl"), "--low", "0.6"])
     assert result.exit_code == 2 and "0 <= low < high <= 1" in result.output
+
+
+def test_a_full_disk_is_a_named_error_that_keeps_the_old_output(
+    tmp_path: Path, small_disk: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(REPO)
+    train = [Task(f"w{k}", f"Write word number {k}. " * 50) for k in range(40)]
+    data = write_tasks(tmp_path / "train.jsonl", train)
+    out = write_tasks(small_disk / "kept.jsonl", [Task("old", "Kept from an earlier run.")])
+    before = out.read_text()
+    fill_disk(small_disk)
+    args = [
+        "data", "filter", "-o", str(out), "--overwrite", "--no-difficulty", "--dataset", "tasks",
+        "--data-path", str(data), f"env.id={ENV_ID}", "env.kwargs={}", "retriever.kind=memory",
+    ]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit)
+    assert f"no space left on {small_disk} while writing {out}" in " ".join(result.output.split())
+    assert out.read_text() == before
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler.bin", "kept.jsonl"]

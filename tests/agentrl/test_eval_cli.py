@@ -310,3 +310,28 @@ def test_store_refuses_a_foreign_directory(tmp_path: Path) -> None:
     with pytest.raises(FileExistsError, match=r"holds no agentrl evaluation \(manifest.json\)"):
         EvalStore(tmp_path).open({"model": {}})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_a_full_disk_keeps_the_previous_plot(small_disk: Path) -> None:
+    from agentrl.evaluation.report import plot_pass_at_k
+    from tests.conftest import fill_disk
+
+    png = small_disk / "pass_at_k.png"
+    before = b"\x89PNG a small earlier plot"
+    png.write_bytes(before)
+    fill_disk(small_disk)
+    with pytest.raises(OSError, match="No space left on device"):
+        plot_pass_at_k([{"pass_at_k": {"1": 0.5, "2": 0.75}}], ["after"], png)
+    assert png.read_bytes() == before
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler.bin", "pass_at_k.png"]
+
+
+def test_eval_on_a_full_disk_is_a_named_error(tiny_model_dir: Path, small_disk: Path) -> None:
+    from tests.conftest import fill_disk
+
+    fill_disk(small_disk)
+    out = small_disk / "eval"
+    result = invoke("-m", str(tiny_model_dir), "--num-questions", "2", "-o", str(out), *SMALL)
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit)
+    assert f"no space left on {out}" in " ".join(result.output.split())
+    assert not out.exists() or list(out.iterdir()) == []

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from agentrl.cli.main import app
 from retrievers.corpora import CorpusFormatError, read_corpus
 from retrievers.index_meta import read_meta
+from tests.conftest import fill_disk
 
 runner = CliRunner()
 DOCS = [
@@ -114,3 +115,25 @@ def test_a_corpus_inside_the_output_directory_is_refused(tmp_path: Path) -> None
     assert result.exit_code == 2 and f"corpus {corpus} lies inside the output directory {out}" in message
     assert corpus.read_text(encoding="utf-8").count("\n") == 3
     assert read_meta(out)["num_docs"] == len(DOCS)
+
+
+def test_a_full_disk_is_a_named_error_that_keeps_the_old_index(tmp_path: Path, small_disk: Path) -> None:
+    out = small_disk / "idx"
+    assert build(write_jsonl(tmp_path / "small.jsonl", [json.dumps(d) for d in DOCS]), out).exit_code == 0
+    words = " ".join(f"word{i}" for i in range(60))
+    big = [json.dumps({"id": str(i), "title": f"Doc {i}", "text": f"{words} {i}"}) for i in range(3000)]
+    result = build(write_jsonl(tmp_path / "big.jsonl", big), out, "--overwrite")
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit)
+    assert f"no space left on {small_disk}" in one_line(result.output)
+    assert sorted(p.name for p in small_disk.iterdir()) == ["idx"]
+    assert read_meta(out)["num_docs"] == len(DOCS)
+    search = runner.invoke(app, ["index", "search", str(out), "Town 3 lies on river", "-k", "2", "--json"])
+    assert search.exit_code == 0 and len(json.loads(search.output)["hits"]) == 2
+
+
+def test_a_first_build_on_a_full_disk_leaves_nothing_behind(tmp_path: Path, small_disk: Path) -> None:
+    fill_disk(small_disk)
+    result = build(write_jsonl(tmp_path / "small.jsonl", [json.dumps(d) for d in DOCS]), small_disk / "idx")
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit)
+    assert f"no space left on {small_disk}" in one_line(result.output)
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler.bin"]
