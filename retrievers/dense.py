@@ -177,7 +177,9 @@ class DenseRetriever:
         return self.encoder.encode_queries(list(queries))
 
     def search_vectors(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, rows), both [num_queries, k]; rows are -1 where the index has fewer than k vectors."""
+        """(scores, rows), both [num_queries, min(k, vectors in the index)] (FAISS allocates k columns per
+        query, so a huge k is clamped rather than allocated); rows are -1 where a query has fewer hits."""
+        k = max(1, min(k, int(self.index.ntotal)))
         return self.index.search(np.ascontiguousarray(vectors, dtype=np.float32), k)
 
     def search(self, queries: list[str], k: int) -> list[list[Hit]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 from typer.testing import CliRunner
 
 from agentrl.cli.main import app
@@ -90,3 +91,18 @@ def test_build_settings_errors_name_key_file_and_closest(tmp_path: Path) -> None
     result = CliRunner().invoke(app, ["index", "build", "--out", str(tmp_path / "idx")])
     assert result.exit_code == 2
     assert "missing required value 'corpus'" in result.output
+
+
+@requires_minilm
+def test_search_clamps_a_huge_k_to_the_index_size(world_dense_index: Path) -> None:
+    from retrievers import open_retriever
+
+    found = runner.invoke(
+        app, ["index", "search", str(world_dense_index), "Nousand Zoutreth", "-k", "1000000000", "--json"]
+    )
+    assert found.exit_code == 0, found.output
+    hits = json.loads(found.stdout.strip().splitlines()[-1])["hits"]
+    num_docs = json.loads((world_dense_index / "meta.json").read_text())["num_docs"]
+    assert len(hits) == num_docs and len({h["id"] for h in hits}) == num_docs
+    scores, rows = open_retriever(world_dense_index, device="cpu").search_vectors(np.ones((2, 384)), 10**12)
+    assert scores.shape == rows.shape == (2, num_docs)
