@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import math
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -24,16 +25,21 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
-from pydantic import BaseModel
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, StrictInt
 
 from retrievers.base import Hit, Retriever
 
 
 class RetrieveRequest(BaseModel):
-    """Search-R1's request body; `topk` left out, null or 0 means the server's `default_topk`."""
+    """Search-R1's request body; `topk` left out, null or 0 means the server's `default_topk`. `topk` must be
+    a JSON integer (not true, 3.5 or NaN) and other fields are refused, so a misspelt one is not ignored."""
+
+    model_config = ConfigDict(extra="forbid")
 
     queries: list[str]
-    topk: int | None = None
+    topk: StrictInt | None = None
     return_scores: bool = False
 
 
@@ -235,6 +241,20 @@ def prepare_queries(queries: list[str], limits: ServerLimits) -> list[str]:
     return prepared
 
 
+def validation_details(errors: Any) -> list[dict[str, Any]]:
+    """Pydantic's errors as JSON-safe `{"loc", "msg", "type"}` entries: the raw input is left out (a NaN or
+    Infinity there cannot be written as JSON) and a non-finite number is named in the message instead."""
+    details = []
+    for error in errors:
+        loc = [str(part) for part in error.get("loc", ()) if part != "body"]
+        msg = str(error.get("msg", "invalid value"))
+        value = error.get("input")
+        if isinstance(value, float) and not math.isfinite(value):
+            msg = f"{msg}, got {value} (JSON numbers must be finite)"
+        details.append({"loc": loc, "msg": f"{'.'.join(loc) or 'body'}: {msg}", "type": error.get("type")})
+    return details
+
+
 def bearer_token_matches(header: str | None, token: str) -> bool:
     """Whether an `Authorization` header carries `token` (scheme case-insensitive, constant-time compare)."""
     scheme, _, value = (header or "").strip().partition(" ")
@@ -261,6 +281,10 @@ def create_app(
 
     app = FastAPI(title="agentrl retrieval server", lifespan=lifespan, dependencies=[Depends(check_token)])
     app.state.batcher = batcher
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": validation_details(exc.errors())}, status_code=422)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:

@@ -142,3 +142,26 @@ def test_client_retries_with_backoff_then_fails() -> None:
     client = HttpRetriever(f"http://127.0.0.1:{port}/retrieve", timeout=1, retries=2, backoff=0.01)
     with pytest.raises(RetrievalServerError, match="after 3 attempts"):
         client.search(["q"], 1)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b'{"queries": ["Paris"], "topk": NaN}', "topk: Input should be a valid integer, got nan"),
+        (b'{"queries": ["Paris"], "topk": Infinity}', "got inf (JSON numbers must be finite)"),
+        (b'{"queries": ["Paris"], "topk": true}', "topk: Input should be a valid integer"),
+        (b'{"queries": ["Paris"], "topk": 2.5}', "topk: Input should be a valid integer"),
+        (b'{"queries": ["Paris"], "topk": 3, "top_k": 5}', "top_k: Extra inputs are not permitted"),
+    ],
+)
+def test_non_finite_boolean_and_unknown_fields_get_422(
+    server: ServerThread, content: bytes, message: str
+) -> None:
+    import httpx
+
+    headers = {"content-type": "application/json"}
+    with httpx.Client(timeout=30) as client:
+        response = client.post(server.url + "/retrieve", content=content, headers=headers)
+        assert response.status_code == 422 and message in response.text
+        again = client.post(server.url + "/retrieve", json={"queries": ["Paris"], "topk": 1})
+    assert again.status_code == 200 and len(again.json()["result"][0]) == 1
