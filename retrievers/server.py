@@ -72,6 +72,28 @@ class ServerConfig:
     max_wait_ms: float = 2.0
     limits: ServerLimits = field(default_factory=ServerLimits)
 
+    def check(self) -> None:
+        """Refuse settings under which the server could not start or would refuse every request; the
+        ValueError names the `agentrl serve-retriever` option."""
+        limits = self.limits
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"--port must be between 0 and 65535 (0: any free port), got {self.port}")
+        for option, value in (
+            ("--max-batch", self.max_batch),
+            ("--max-queries", limits.max_queries),
+            ("--max-topk", limits.max_topk),
+            ("--max-query-chars", limits.max_query_chars),
+        ):
+            if value < 1:
+                raise ValueError(f"{option} must be at least 1, got {value}")
+        if not 1 <= limits.default_topk <= limits.max_topk:
+            raise ValueError(
+                f"--default-topk must be between 1 and --max-topk ({limits.max_topk}), "
+                f"got {limits.default_topk}"
+            )
+        if not (math.isfinite(self.max_wait_ms) and self.max_wait_ms >= 0):
+            raise ValueError(f"--max-wait-ms must be a finite number >= 0, got {self.max_wait_ms}")
+
 
 @dataclass
 class _Pending:
@@ -266,6 +288,7 @@ def create_app(
 ) -> Any:
     """The FastAPI application serving `retriever`; `info` is shown under `index` by `GET /info`."""
     config = config or ServerConfig()
+    config.check()
     limits = config.limits
     batcher = MicroBatcher(retriever, config.max_batch, config.max_wait_ms)
 

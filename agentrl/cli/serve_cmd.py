@@ -50,12 +50,16 @@ def serve_retriever(
     from retrievers.server import ServerConfig, ServerLimits, serve
 
     with user_errors():
+        limits = ServerLimits(max_queries, max_topk, max_query_chars, default_topk)
+        config = ServerConfig(host, port, token, max_batch, max_wait_ms, limits)
+        config.check()
+        for option, value in (("--nprobe", nprobe), ("--ef-search", ef_search)):
+            if value is not None and value < 1:
+                raise ValueError(f"{option} must be at least 1, got {value}")
         meta = read_meta(index)
         kwargs: dict[str, object] = {}
         if "encoder" in meta:
             kwargs = {"device": device, "nprobe": nprobe, "ef_search": ef_search}
         retriever = open_retriever(index, **kwargs)
-        limits = ServerLimits(max_queries, max_topk, max_query_chars, default_topk)
-        config = ServerConfig(host, port, token, max_batch, max_wait_ms, limits)
     typer.echo(f"serving {meta['kind']} index {index} ({meta['num_docs']} documents) on http://{host}:{port}")
     serve(retriever, config, info=meta)

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from agentrl.cli.main import app as cli_app
 from retrievers import open_retriever
-from retrievers.server import ServerConfig, ServerLimits, ServerThread
+from retrievers.server import ServerConfig, ServerLimits, ServerThread, create_app
 
 SEARCH_R1_TOPK = 3  # the retriever.topk of Search-R1's train_grpo.sh
 RECIPE_QUERIES = 512 * 5
@@ -127,3 +127,35 @@ def test_search_env_searchr1_format_matches_search_r1_rendering(bm25_server: Ser
     env.reset(options={"task": Task(id="q", question=query, answers=["x"])})
     observation, *_ = env.step(f"<think>Look it up.</think><search>{query}</search>")
     assert observation == expected
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--max-batch", "0"], "--max-batch must be at least 1, got 0"),
+        (["--port", "99999"], "--port must be between 0 and 65535"),
+        (["--default-topk", "500", "--max-topk", "100"], "--default-topk must be between 1 and --max-topk"),
+        (["--max-topk", "0"], "--max-topk must be at least 1, got 0"),
+        (["--max-queries", "-1"], "--max-queries must be at least 1"),
+        (["--max-wait-ms", "nan"], "--max-wait-ms must be a finite number >= 0"),
+        (["--nprobe", "0"], "--nprobe must be at least 1"),
+    ],
+)
+def test_serve_retriever_refuses_bad_settings_at_start(
+    world_bm25_index: Path, monkeypatch: pytest.MonkeyPatch, options: list[str], message: str
+) -> None:
+    import retrievers.server
+
+    monkeypatch.setattr(retrievers.server, "serve", lambda *a, **k: pytest.fail("the server was started"))
+    result = CliRunner().invoke(cli_app, ["serve-retriever", str(world_bm25_index), *options])
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit)
+    assert message in " ".join(result.output.split())
+
+
+def test_create_app_refuses_a_config_that_answers_nothing() -> None:
+    from retrievers.memory import InMemoryRetriever
+
+    retriever = InMemoryRetriever([{"id": "1", "title": "Paris", "text": "Capital of France."}])
+    limits = ServerLimits(default_topk=5, max_topk=2)
+    with pytest.raises(ValueError, match=r"--default-topk must be between 1 and --max-topk \(2\), got 5"):
+        create_app(retriever, ServerConfig(limits=limits))
