@@ -4,11 +4,13 @@
 picks the learning rate, gradient clip and dynamic sampling. `check_config(cfg, source)` raises a
 `ConfigError` naming the key, the config file and the closest valid value for every mistake it can find
 without loading a model: unknown presets, schemes, filters, env ids, bundled models and index directories;
-batch sizes that do not split into minibatches; a micro-batch budget an episode cannot fit; greedy sampling.
+numbers outside their range (NaN included); batch sizes that do not split into minibatches; a micro-batch
+budget an episode cannot fit; greedy sampling.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,6 +104,7 @@ def check_config(cfg: ExperimentConfig, source: str = "<config>", training: bool
         name = spec if isinstance(spec, str) else spec.get("name", "")
         if name not in FILTERS:
             raise _unknown(source, "algorithm.filters", str(name), FILTERS.names())
+    _check_ranges(_sampling_ranges(cfg) + (_training_ranges(cfg) if training else []), source)
     _check_env(cfg, source)
     _check_model(cfg, source)
     _check_retriever(cfg, source)
@@ -109,6 +112,60 @@ def check_config(cfg: ExperimentConfig, source: str = "<config>", training: bool
     if training:
         _check_batches(cfg, recipe, source)
     return recipe
+
+
+Range = tuple[str, float | None, bool, str]  # key, value, whether it is valid, the valid range in words
+
+
+def _sampling_ranges(cfg: ExperimentConfig) -> list[Range]:
+    """The numeric settings every rollout (training, evaluation, filtering) depends on."""
+    r = cfg.rollout
+    return [
+        ("threads", cfg.threads, cfg.threads is None or cfg.threads >= 1, ">= 1 (or unset)"),
+        ("env.max_turns", cfg.env.max_turns, cfg.env.max_turns >= 1, ">= 1"),
+        ("retriever.topk", cfg.retriever.topk, cfg.retriever.topk >= 1, ">= 1"),
+        ("rollout.temperature", r.temperature, 0 <= r.temperature < math.inf, "a finite number >= 0"),
+        ("rollout.top_p", r.top_p, 0 < r.top_p <= 1, "in (0, 1]"),
+        ("rollout.top_k", r.top_k, r.top_k >= 0, ">= 0 (0: off)"),
+        ("rollout.max_new_tokens", r.max_new_tokens, r.max_new_tokens >= 1, ">= 1"),
+        ("rollout.max_total_tokens", r.max_total_tokens, r.max_total_tokens >= 1, ">= 1"),
+        ("rollout.batch_size", r.batch_size, r.batch_size >= 1, ">= 1"),
+    ]
+
+
+def _training_ranges(cfg: ExperimentConfig) -> list[Range]:
+    """The numeric settings of the trainer and, when it runs, the SFT cold start."""
+    t, s = cfg.trainer, cfg.sft
+    ranges: list[Range] = [
+        ("trainer.minibatches", t.minibatches, t.minibatches >= 1, ">= 1"),
+        ("trainer.learning_rate", t.learning_rate, t.learning_rate is None or _positive(t.learning_rate),
+         "a finite number > 0 (or unset: the preset's)"),
+        ("trainer.max_grad_norm", t.max_grad_norm, t.max_grad_norm is None or _positive(t.max_grad_norm),
+         "a finite number > 0 (or unset: the preset's)"),
+        ("trainer.warmup_ratio", t.warmup_ratio, 0 <= t.warmup_ratio <= 1, "in [0, 1]"),
+        ("trainer.weight_decay", t.weight_decay, 0 <= t.weight_decay < math.inf, "a finite number >= 0"),
+    ]  # fmt: skip
+    if s.enabled:
+        ranges += [
+            ("sft.steps", s.steps, s.steps >= 1, ">= 1"),
+            ("sft.batch_size", s.batch_size, s.batch_size >= 1, ">= 1"),
+            ("sft.samples_per_task", s.samples_per_task, s.samples_per_task >= 1, ">= 1"),
+            ("sft.learning_rate", s.learning_rate, _positive(s.learning_rate), "a finite number > 0"),
+            ("sft.max_grad_norm", s.max_grad_norm, _positive(s.max_grad_norm), "a finite number > 0"),
+            ("sft.warmup_ratio", s.warmup_ratio, 0 <= s.warmup_ratio <= 1, "in [0, 1]"),
+        ]
+    return ranges
+
+
+def _positive(value: float) -> bool:
+    return 0 < value < math.inf
+
+
+def _check_ranges(ranges: list[Range], source: str) -> None:
+    """A ConfigError for the first setting outside its range (a NaN compares false, so it is caught too)."""
+    for key, value, valid, expected in ranges:
+        if not valid:
+            raise ConfigError(f"{source}: {key}={value}: must be {expected}")
 
 
 def _check_env(cfg: ExperimentConfig, source: str) -> None:

@@ -186,3 +186,39 @@ def test_base_errors_name_the_files(tmp_path: Path) -> None:
         load_config(ExperimentConfig, tmp_path / "a.yaml")
     with pytest.raises(ConfigError, match="'base' must be the path of another config file"):
         load_config(ExperimentConfig, write(tmp_path, "base: [1]\n"))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("trainer.minibatches=0", "trainer.minibatches=0: must be >= 1"),
+        ("threads=0", "threads=0: must be >= 1 (or unset)"),
+        ("trainer.learning_rate=-1", "trainer.learning_rate=-1.0: must be a finite number > 0"),
+        ("trainer.learning_rate=.nan", "trainer.learning_rate=nan: must be a finite number > 0"),
+        ("trainer.max_grad_norm=.inf", "trainer.max_grad_norm=inf: must be a finite number > 0"),
+        ("trainer.warmup_ratio=2", "trainer.warmup_ratio=2.0: must be in [0, 1]"),
+        ("rollout.top_p=0", "rollout.top_p=0.0: must be in (0, 1]"),
+        ("rollout.top_p=5", "rollout.top_p=5.0: must be in (0, 1]"),
+        ("rollout.top_k=-1", "rollout.top_k=-1: must be >= 0"),
+        ("rollout.temperature=.nan", "rollout.temperature=nan: must be a finite number >= 0"),
+        ("sft.steps=-4", "sft.steps=-4: must be >= 1"),
+        ("sft.learning_rate=0", "sft.learning_rate=0.0: must be a finite number > 0"),
+    ],
+)
+def test_numbers_out_of_range_are_refused_naming_the_key(override: str, message: str) -> None:
+    from agentrl.train.recipe import check_config
+
+    cfg = load_config(ExperimentConfig, QUICKSTART, [override, "sft.enabled=true"])
+    with pytest.raises(ConfigError) as caught:
+        check_config(cfg, str(QUICKSTART))
+    assert str(caught.value).startswith(f"{QUICKSTART}: {message}")
+
+
+def test_evaluation_checks_the_sampling_ranges_but_not_the_trainers() -> None:
+    from agentrl.train.recipe import check_config
+
+    cfg = load_config(ExperimentConfig, QUICKSTART, ["trainer.minibatches=0", "sft.steps=-4"])
+    assert check_config(cfg, "q.yaml", training=False).learning_rate > 0
+    cfg = load_config(ExperimentConfig, QUICKSTART, ["threads=0"])
+    with pytest.raises(ConfigError, match=r"^q.yaml: threads=0: must be >= 1"):
+        check_config(cfg, "q.yaml", training=False)
