@@ -65,8 +65,19 @@ def read_meta(index_dir: str | Path) -> dict[str, Any]:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from None
+    if not isinstance(meta, dict):
+        raise ValueError(
+            f"{path}: must hold a JSON object (the index metadata), got a JSON {_json_kind(meta)}; "
+            "rebuild the index with `agentrl index build` (or `agentrl index import`)"
+        )
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path}: field 'format' must be {FORMAT!r}, got {meta.get('format')!r}")
     if int(meta.get("version", 0)) > VERSION:
         raise ValueError(f"{path}: index version {meta['version']} is newer than this agentrl ({VERSION})")
     return meta
+
+
+def _json_kind(value: Any) -> str:
+    """The JSON name of a decoded value's type: array, string, number, boolean or null."""
+    kinds = {list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
+    return "null" if value is None else kinds.get(type(value), type(value).__name__)

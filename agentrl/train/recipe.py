@@ -216,9 +216,15 @@ def _check_index_encoder(named: str | None, meta_path: Path, source: str) -> Non
     if named is None:
         return
     try:
-        encoder = (json.loads(meta_path.read_text(encoding="utf-8")).get("encoder") or {}).get("model")
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{source}: retriever.index_dir: cannot read {meta_path}: {exc}") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("encoder") or {}, dict):
+        raise ConfigError(
+            f"{source}: retriever.index_dir: {meta_path} must hold a JSON object with an 'encoder' object; "
+            "rebuild the index with `agentrl index build`"
+        )
+    encoder = (meta.get("encoder") or {}).get("model")
     if encoder is not None and encoder != named:
         raise ConfigError(
             f"{source}: retriever.encoder: {named!r} is named, but the index at {meta_path.parent} was built "

@@ -222,3 +222,13 @@ def test_evaluation_checks_the_sampling_ranges_but_not_the_trainers() -> None:
     cfg = load_config(ExperimentConfig, QUICKSTART, ["threads=0"])
     with pytest.raises(ConfigError, match=r"^q.yaml: threads=0: must be >= 1"):
         check_config(cfg, "q.yaml", training=False)
+
+
+def test_an_index_meta_json_that_is_a_list_is_a_config_error(tmp_path: Path) -> None:
+    from agentrl.train.recipe import check_config
+
+    (tmp_path / "meta.json").write_text("[]")
+    overrides = ["retriever.kind=dense", f"retriever.index_dir={tmp_path}", "retriever.encoder=intfloat/e5"]
+    cfg = load_config(ExperimentConfig, QUICKSTART, overrides)
+    with pytest.raises(ConfigError, match=r"retriever.index_dir: .*meta.json must hold a JSON object"):
+        check_config(cfg, "q.yaml")

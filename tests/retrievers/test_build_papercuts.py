@@ -137,3 +137,15 @@ def test_a_first_build_on_a_full_disk_leaves_nothing_behind(tmp_path: Path, smal
     assert result.exit_code == 2 and isinstance(result.exception, SystemExit)
     assert f"no space left on {small_disk}" in one_line(result.output)
     assert sorted(p.name for p in small_disk.iterdir()) == ["filler.bin"]
+
+
+@pytest.mark.parametrize(("content", "kind"), [("[1, 2]", "array"), ('"dense"', "string"), ("null", "null")])
+def test_a_meta_json_that_is_not_an_object_is_a_named_error(tmp_path: Path, content: str, kind: str) -> None:
+    (tmp_path / "idx").mkdir()
+    (tmp_path / "idx" / "meta.json").write_text(content)
+    with pytest.raises(ValueError, match=rf"meta.json: must hold a JSON object .*got a JSON {kind}"):
+        read_meta(tmp_path / "idx")
+    index = str(tmp_path / "idx")
+    for command in (["index", "info", index], ["index", "search", index, "q"], ["serve-retriever", index]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 2 and "must hold a JSON object" in one_line(result.output), command
