@@ -335,3 +335,20 @@ def test_eval_on_a_full_disk_is_a_named_error(tiny_model_dir: Path, small_disk: 
     assert result.exit_code == 2 and isinstance(result.exception, SystemExit)
     assert f"no space left on {out}" in " ".join(result.output.split())
     assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_a_chunk_that_does_not_fit_is_cut_off_again(small_disk: Path) -> None:
+    from agentrl.evaluation.records import QuestionRecord
+    from agentrl.evaluation.store import PREDICTIONS, EvalStore, read_predictions
+    from tests.conftest import fill_disk
+
+    store = EvalStore(small_disk / "eval")
+    store.open({"model": {"spec": "m"}})
+    store.append([QuestionRecord(0, "q0", "first?", ["a"], None)])
+    before = store.path(PREDICTIONS).read_bytes()
+    fill_disk(small_disk)
+    chunk = [QuestionRecord(i, f"q{i}", "long question? " * 200, ["a"], None) for i in range(1, 5)]
+    with pytest.raises(OSError, match="No space left on device"):
+        store.append(chunk)
+    assert store.path(PREDICTIONS).read_bytes() == before
+    assert list(read_predictions(store.path(PREDICTIONS))) == [0]
