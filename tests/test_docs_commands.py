@@ -8,6 +8,12 @@ turns); `agentrl index build` runs on the first records of the same corpus file;
 `indexes/` and the plots scripts write go to a scratch directory; `make` lines name a Makefile target;
 `python SCRIPT.py` calls the script's `main`. Commands of one file run in order, so a `--resume auto`
 continues the run before it and an `agentrl eval` reads the checkpoint the `agentrl train` above it saved.
+
+The docs name real data files by local paths under `data/` (how to fetch them: docs/environments.md, "Data
+files"). `DOC_DATA` maps each onto a sample of the same dataset and format in `../shared/data`, next to the
+repository where CI has it. Without those samples a block naming such a file is skipped, and so is a later
+block that reads a `runs/` or `indexes/` path a skipped block writes; the file's other blocks still run, and
+the test then reports the skipped blocks with the file each one lacks.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import pytest
 from typer.testing import CliRunner
 
 from agentrl.cli.main import app
-from tests.conftest import requires_minilm
+from tests.conftest import SHARED_DATA, requires_minilm
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -30,6 +36,13 @@ TRAINING = ("train", "sft", "quickstart")
 SCRATCH_PREFIXES = ("runs/", "indexes/")
 NOT_RUNNABLE = re.compile(r"<!--\s*not runnable:\s*(.*?)\s*-->\s*$")
 BUNDLED_POLICY = "bundled:smollm2-135m-instruct"
+DOC_DATA = {
+    "data/hotpotqa/hotpot_dev_distractor.jsonl": "hotpotqa/hotpotqa_dev_distractor.public.jsonl",
+    "data/hotpotqa/hotpot_train_sample.jsonl": "hotpotqa/hotpotqa_train_sample.public.jsonl",
+    "data/2wikimultihopqa/dev.json": "2wikimultihopqa/2wikimultihopqa_dev.public.jsonl",
+    "data/math500/math500_test.jsonl": "math500/math500_test.public.jsonl",
+    "data/aime/aime_2024.jsonl": "aime/aime2024.public.jsonl",
+}
 
 
 @dataclass
@@ -71,12 +84,46 @@ def shell_commands(block: str) -> list[str]:
     return commands
 
 
+def split_value(value: str) -> tuple[str, str]:
+    """(`key=`, path) of a `key=path` argument; ("", value) otherwise."""
+    key, eq, path = value.rpartition("=") if "=" in value else ("", "", value)
+    return key + eq, path
+
+
+def doc_data(value: str) -> str | None:
+    """The docs' data path an argument names (also as `key=data/...`), or None."""
+    path = split_value(value)[1]
+    return path if path.startswith("data/") else None
+
+
+def with_sample(value: str) -> str:
+    """A docs' data path replaced by its sample file under ../shared/data."""
+    key, path = split_value(value)
+    return f"{key}{SHARED_DATA / DOC_DATA[path]}" if path in DOC_DATA else value
+
+
+def scratch_paths(block: Block) -> set[str]:
+    words = [split_value(w)[1] for command in block.commands for w in shlex.split(command)]
+    return {w.rstrip("/") for w in words if w.startswith(SCRATCH_PREFIXES)}
+
+
+def why_absent(block: Block, unwritten: dict[str, int]) -> str | None:
+    """Why `block` cannot run here: a sample it needs is missing, or it reads what a skipped block writes."""
+    named = [doc_data(w) for command in block.commands for w in shlex.split(command)]
+    missing = [p for p in dict.fromkeys(named) if p in DOC_DATA and not (SHARED_DATA / DOC_DATA[p]).exists()]
+    if missing:
+        samples = ", ".join(str(SHARED_DATA / DOC_DATA[p]) for p in missing)
+        return f"needs {', '.join(missing)}, and no sample is at {samples}"
+    stale = sorted(scratch_paths(block) & unwritten.keys())
+    if stale:
+        return f"reads {stale[0]}, which the skipped block at line {unwritten[stale[0]]} writes"
+    return None
+
+
 def in_scratch(value: str, tmp: Path) -> str:
     """`runs/...` and `indexes/...` (also as `key=runs/...`) moved under the scratch directory."""
-    key, eq, path = value.rpartition("=") if "=" in value else ("", "", value)
-    if path.startswith(SCRATCH_PREFIXES):
-        return f"{key}{eq}{tmp / path}"
-    return value
+    key, path = split_value(value)
+    return f"{key}{tmp / path}" if path.startswith(SCRATCH_PREFIXES) else value
 
 
 def speed_overrides(model: Path, out: Path, args: list[str]) -> list[str]:
@@ -121,7 +168,7 @@ def run_command(command: str, model: Path, tmp: Path, makefile: str) -> None:
         runpy.run_path(str(REPO / words[1]))["main"]([*args, "--steps", "40", "--runs", "4"])
         return
     assert words[0] == "agentrl", f"unexpected command {command!r}"
-    args = words[1:]
+    args = [with_sample(a) for a in words[1:]]
     if args[:2] == ["index", "build"]:
         args = small_corpus(args, tmp)
     args = [in_scratch(a, tmp) for a in args]
@@ -163,9 +210,19 @@ def test_docs_commands(
     monkeypatch.setenv("AGENTRL_PROGRESS", "0")
     monkeypatch.chdir(REPO)
     makefile = (REPO / "Makefile").read_text()
+    skipped: list[str] = []
+    unwritten: dict[str, int] = {}
     for block in blocks:
+        reason = why_absent(block, unwritten)
+        if reason is not None:
+            skipped.append(f"line {block.line} {reason}")
+            unwritten |= dict.fromkeys(scratch_paths(block), block.line)
+            continue
         for command in block.commands:
             run_command(command, tiny_model_dir, tmp_path, makefile)
+    if skipped:
+        ran = len(blocks) - len(skipped)
+        pytest.skip(f"{markdown.name}: ran {ran} of {len(blocks)} blocks; skipped " + "; ".join(skipped))
 
 
 def test_every_doc_block_is_run_or_marked() -> None:
@@ -175,6 +232,16 @@ def test_every_doc_block_is_run_or_marked() -> None:
     for block in blocks:
         assert block.commands, f"{block.markdown.name} line {block.line}: an empty bash block"
         assert block.skip_reason is None or len(block.skip_reason) > 10, (block.markdown.name, block.line)
+
+
+def test_the_docs_name_data_files_the_test_can_map() -> None:
+    """Runnable blocks name data only by paths `DOC_DATA` maps; no doc sends a reader to ../shared."""
+    for markdown in DOCS:
+        assert "../shared" not in markdown.read_text(encoding="utf-8"), markdown.name
+        for block in [b for b in bash_blocks(markdown) if b.skip_reason is None]:
+            named = {doc_data(w) for c in block.commands for w in shlex.split(c)} - {None}
+            assert named <= DOC_DATA.keys(), (markdown.name, block.line, named - DOC_DATA.keys())
+    assert all(p.startswith("data/") for p in DOC_DATA)
 
 
 def test_the_scheme_table_lists_every_scheme() -> None:
