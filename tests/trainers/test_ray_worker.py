@@ -56,6 +56,28 @@ def config_for(preset, budget: int = 4096) -> WorkerConfig:
                         micro_batch_tokens=budget)  # fmt: skip
 
 
+def assert_same_adam_result(
+    actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], lr: float, steps: int
+) -> None:
+    """Parameters after `steps` Adam steps from one start, on gradients that differ only in reduction order.
+
+    Adam divides each gradient by its own running scale, so where a gradient is near zero a difference in its
+    last bits can turn into a different update, of either sign. An update of bias-corrected Adam is at most
+    about `lr` (|m / sqrt(v)| <= 1.0013 over the first two steps with betas 0.9, 0.999), so such an element
+    may differ by up to 2 x lr x steps. All but one element in a thousand must match to float noise, and
+    none may be further apart than that bound.
+    """
+    assert actual.keys() == expected.keys()
+    bound = 2 * lr * steps * 1.01
+    loose = total = 0
+    for name, value in actual.items():
+        diff = (value - expected[name]).abs()
+        assert float(diff.max()) <= bound, f"{name}: {float(diff.max())} exceeds 2 x lr x steps = {bound}"
+        loose += int((diff > 1e-4 + 1e-3 * expected[name].abs()).sum())
+        total += diff.numel()
+    assert loose <= total / 1000, f"{loose} of {total} elements differ beyond rtol 1e-3, atol 1e-4"
+
+
 @pytest.mark.parametrize("mode", ["full", "lora"])
 def test_two_gloo_actors_match_the_local_worker_after_two_steps(ray_cluster, mode: str) -> None:
     preset, batch = minibatch("dapo" if mode == "full" else "grpo")
@@ -77,11 +99,8 @@ def test_two_gloo_actors_match_the_local_worker_after_two_steps(ray_cluster, mod
             assert group.optim_step()["optim/grad_norm"] == pytest.approx(norm, rel=1e-4)
         assert group.steps == local.steps == 2
         trained = group.trainable_state()
-        for name, param in local_model.named_parameters():
-            if param.requires_grad:
-                # Adam divides by the gradient's own scale: float noise in LoRA's tiny A gradients (B starts
-                # at 0) reaches ~1e-5 of an update of up to lr = 1e-2
-                torch.testing.assert_close(trained[name], param.detach(), rtol=1e-3, atol=1e-4)
+        expected_params = {n: p.detach() for n, p in local_model.named_parameters() if p.requires_grad}
+        assert_same_adam_result(trained, expected_params, lr=1e-2, steps=2)
         inputs = {k: getattr(batch, k) for k in ("input_ids", "attention_mask", "loss_mask")}
         stats, expected_stats = group.compute_stats(inputs), local.compute_stats(inputs)
         torch.testing.assert_close(stats["logprobs"], expected_stats["logprobs"], rtol=1e-5, atol=1e-5)
@@ -128,9 +147,9 @@ def test_train_on_two_workers_matches_in_process_and_resumes_after_a_worker_dies
     assert resumed.run_dir == run_dir and resumed.state.step == 2
     rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if r["phase"] == "rl"]
     assert [r["episode/policy_version_min"] for r in rows] == [0.0, 1.0]  # sampled with synced weights
-    expected = final_params(local.checkpoint)
-    for name, value in final_params(resumed.checkpoint).items():
-        torch.testing.assert_close(value, expected[name], rtol=1e-3, atol=1e-4)  # Adam: lr x 1e-2
+    assert_same_adam_result(
+        final_params(resumed.checkpoint), final_params(local.checkpoint), lr=0.01, steps=2
+    )
 
 
 def test_bad_cluster_settings_fail_before_the_model_loads(ray_cluster, tiny_model_dir, tmp_path) -> None:
