@@ -105,6 +105,24 @@ def test_an_env_registered_in_the_callers_module_runs_on_ray_workers(env_id: str
     assert ray.is_initialized()  # a Ray the executor did not start is left running
 
 
+def kill_and_wait(actor, timeout: float = 60.0) -> None:
+    """`ray.kill(actor)` and wait until the actor is gone: the kill is asynchronous, so on a loaded machine a
+    call sent right after it can still run on the actor, which then dies in the middle of the next rollout."""
+    from ray.exceptions import GetTimeoutError, RayActorError
+
+    ray.kill(actor)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            ray.get(actor.__ray_ready__.remote(), timeout=5)
+        except RayActorError:
+            return
+        except GetTimeoutError:
+            continue
+        time.sleep(0.05)
+    raise AssertionError(f"actor still answers {timeout} s after ray.kill")
+
+
 def test_a_killed_worker_is_replaced_and_the_next_rollout_is_whole(tokenizer) -> None:
     executor = build_executor("ray", PROBE_BY_MODULE, num_workers=2)
     try:
@@ -114,7 +132,7 @@ def test_a_killed_worker_is_replaced_and_the_next_rollout_is_whole(tokenizer) ->
         second = probe_run(tokenizer, executor, {})
         assert [t.finish_reason for t in second] == ["answer"] * 4
         assert executor.counters == {"actor_restarts": 1, "step_timeouts": 0}
-        ray.kill(executor.workers[0])  # dies between runs (the OOM killer)
+        kill_and_wait(executor.workers[0])  # dies between runs (the OOM killer)
         third = probe_run(tokenizer, executor, {})
         assert [t.finish_reason for t in third] == ["answer"] * 4
         assert executor.counters == {"actor_restarts": 2, "step_timeouts": 0}
