@@ -42,7 +42,13 @@ from agentrl.train.display import TrainDisplay, print_summary
 from agentrl.train.recipe import Recipe, check_config
 from agentrl.train.run_state import TrainState
 from agentrl.train.sampling import StepSampler
-from agentrl.train.step_batch import StepTensors, needs_stats, policy_minibatch, step_tensors
+from agentrl.train.step_batch import (
+    StepTensors,
+    needs_stats,
+    pad_token_id,
+    policy_minibatch,
+    step_tensors,
+)
 from agentrl.train.task_loader import TaskLoader
 from agentrl.train.update_metrics import UpdateTotals
 from agentrl.train.worker_setup import worker_config
@@ -488,7 +494,8 @@ class Trainer:
         """Advantages, the statistics pass when the recipe needs one, then `epochs` x `minibatches`
         optimizer steps over whole groups."""
         t, preset = self.cfg.trainer, self.recipe.preset
-        st = step_tensors(trajectories, preset, self._pad_id(), self.fade, t.turn_credit, t.turn_gamma)
+        pad = pad_token_id(self.tokenizer)
+        st = step_tensors(trajectories, preset, pad, self.fade, t.turn_credit, t.turn_gamma)
         out = self._advantage_metrics(st)
         stats = self._statistics(st, out)
         recompute = t.epochs > 1 or t.minibatches > 1
@@ -513,9 +520,6 @@ class Trainer:
         if head_before is not None:
             out["head/rank1_fraction"] = diagnostics.rank1_fraction(head_before, self._head_weight())
         return out
-
-    def _pad_id(self) -> int:
-        return self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
 
     def _advantage_metrics(self, st: StepTensors) -> dict[str, Any]:
         """Gradient masses and the spread of the step's advantages (and the scheme state's, when it has

@@ -22,7 +22,7 @@ from agentrl.rollout.engine import RolloutEngine
 from agentrl.rollout.io import read_trajectories, write_trajectories
 from agentrl.train.display import TrainDisplay
 from agentrl.train.sft_data import OracleGenerator, keep_successes, oracle_episodes
-from agentrl.train.step_batch import sft_batch
+from agentrl.train.step_batch import pad_token_id, sft_batch
 from agentrl.train.worker_setup import worker_config
 from trainers.worker import LocalPolicyWorker, finalize_metrics
 
@@ -84,7 +84,7 @@ def run_sft(run: ColdStart) -> None:
     if cfg.output.save_trajectories:
         write_trajectories(run.run_dir / "trajectories" / "sft.jsonl", episodes, run.tokenizer)
     worker = LocalPolicyWorker(run.model, worker_config(cfg))
-    pad = run.tokenizer.pad_token_id if run.tokenizer.pad_token_id is not None else 0
+    pad = pad_token_id(run.tokenizer)
     order = _order(len(episodes), s.steps * s.batch_size, cfg.seed)
     run.display.start_phase("sft", s.steps)
     for step in range(1, s.steps + 1):

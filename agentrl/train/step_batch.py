@@ -39,6 +39,11 @@ class StepTensors:
         return int(self.advantages.shape[0])
 
 
+def pad_token_id(tokenizer: Any) -> int:
+    """The id that pads a batch's rows: the tokenizer's pad token, else 0 (padding is masked either way)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
 def trajectory_advantages(
     trajectories: list[Trajectory], preset: Preset, fade_state: FadeState | None = None
 ) -> Tensor:
