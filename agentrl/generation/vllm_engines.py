@@ -14,7 +14,9 @@ Placement (`rollout.vllm.placement`):
   weights arrive by an NCCL broadcast from trainer rank 0.
 With LoRA, only the adapter moves: rank 0 writes it to `adapter_dir/v<version>` and every engine switches
 to it under the name `policy-v<version>` (never merged into the base weights); the previous version's
-directory is then deleted.
+directory is then deleted. Engines on CPU (vLLM's CPU build) take full weights as tensors, which each engine
+writes to a shared-memory safetensors file for its worker extension, and never sleep (sleep mode is
+GPU-only; the skip is logged).
 
 The engine calls go through `_invoke` / `_gather`, which take Ray actor handles or plain `VLLMEngine`
 objects (the latter in tests, with a stand-in `vllm`).
@@ -23,25 +25,46 @@ objects (the latter in tests, with a stand-in `vllm`).
 from __future__ import annotations
 
 import contextlib
+import logging
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from agentrl.core.generator import Completion, EngineWeights, PolicyWeights, SamplingParams, per_prompt
-from agentrl.generation.vllm import EngineOptions, VLLMGenerator
+from agentrl.core.generator import (
+    AdapterWeights,
+    Completion,
+    EngineWeights,
+    PolicyWeights,
+    SamplingParams,
+    per_prompt,
+)
+from agentrl.generation.vllm import ADAPTER_NAME, EngineOptions, VLLMGenerator
 
-ADAPTER_NAME = "policy-v{version}"
+log = logging.getLogger(__name__)
 
 
 class VLLMEngine:
     """One engine (Ray actor body): a `VLLMGenerator` in this process and its weight-update calls."""
 
     def __init__(self, model: str, options: EngineOptions, tokenizer: Any = None) -> None:
-        self.generator = VLLMGenerator(model, tokenizer=tokenizer, **options.engine_kwargs())
+        self.generator = VLLMGenerator(model, tokenizer=tokenizer, options=options)
+
+    @classmethod
+    def around(cls, generator: VLLMGenerator) -> VLLMEngine:
+        """An engine over an already started generator (engines in this process)."""
+        engine = cls.__new__(cls)
+        engine.generator = generator
+        return engine
 
     def eos_ids(self) -> set[int]:
         return set(self.generator.eos_ids)
+
+    def on_cpu(self) -> bool:
+        return self.generator.on_cpu
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.generator.load_state(state)
 
     def generate(
         self, prompts: list[list[int]], sampling: list[SamplingParams], positions: list[int]
@@ -117,11 +140,15 @@ class VLLMEngines:
         self.adapter_dir = Path(adapter_dir)
         self.tensor_parallel_size = tensor_parallel_size
         self.eos_ids: set[int] = set().union(*_gather([_invoke(e, "eos_ids") for e in self.engines]))
+        self.on_cpu = any(_gather([_invoke(e, "on_cpu") for e in self.engines]))
         self.version = 0
         self.asleep = False
         self._broadcast_ready = False
         self._adapter: Path | None = None
-        if placement == "colocated":
+        self.sleeps = placement == "colocated" and not self.on_cpu
+        if placement == "colocated" and self.on_cpu:
+            log.info("vLLM sleep mode is GPU-only: colocated CPU engines stay awake between rollouts")
+        if self.sleeps:
             self._sleep()
 
     # ----------------------------------------------------------------- generation
@@ -151,8 +178,8 @@ class VLLMEngines:
 
     @contextlib.contextmanager
     def awake(self) -> Iterator[VLLMEngines]:
-        """Colocated engines hold their GPU memory only inside this block (a rollout or an evaluation)."""
-        if self.placement != "colocated":
+        """Colocated GPU engines hold their memory only inside this block (a rollout or an evaluation)."""
+        if not self.sleeps:
             yield self
             return
         self._wake()
@@ -175,14 +202,17 @@ class VLLMEngines:
         """Bring every engine to `source`'s weights (`EngineWeights`: a `trainers.ray_worker.RayWorkerGroup`)
         at `version`.
 
-        LoRA: the adapter alone, under a new name per version. Colocated full weights: the engines' weights
-        wake, load the trainer's tensors through CUDA IPC, and sleep again. Separate full weights: an NCCL
-        broadcast from trainer rank 0.
+        LoRA: the adapter alone, under a new name per version (`source` must be `AdapterWeights`). CPU
+        engines: the trainable tensors, each engine loading them from shared memory. Colocated GPU full
+        weights: the engines' weights wake, load the trainer's tensors through CUDA IPC, and sleep again.
+        Separate GPU full weights: an NCCL broadcast from trainer rank 0.
         """
-        if not isinstance(source, EngineWeights):
+        if self.lora and not isinstance(source, AdapterWeights):
+            raise TypeError(f"{type(source).__name__} cannot write a LoRA adapter for the vLLM engines")
+        if not (self.lora or self.on_cpu or isinstance(source, EngineWeights)):
             raise TypeError(
-                f"vLLM engines take weights from a Ray worker group (trainer.num_workers >= 1), not from "
-                f"{type(source).__name__}"
+                f"GPU vLLM engines take full weights from a Ray worker group (trainer.num_workers >= 1), not "
+                f"from {type(source).__name__}"
             )
         if self.lora:
             path = Path(source.save_adapter(self.adapter_dir / f"v{version}"))
@@ -191,7 +221,15 @@ class VLLMEngines:
             if self._adapter is not None and self._adapter != path:
                 shutil.rmtree(self._adapter, ignore_errors=True)  # no engine samples with it any more
             self._adapter = path
+        elif self.on_cpu:
+            state = source.trainable_state()
+            if any(_is_actor(e) for e in self.engines):
+                import ray
+
+                state = ray.put(state)  # one copy in the object store for every engine
+            _gather([_invoke(e, "load_state", state) for e in self.engines])
         elif self.placement == "colocated":
+            assert isinstance(source, EngineWeights)
             was_asleep = self.asleep
             if was_asleep:
                 _gather([_invoke(e, "wake_up", ["weights"]) for e in self.engines])
@@ -200,6 +238,7 @@ class VLLMEngines:
             if was_asleep:
                 self._sleep()
         else:
+            assert isinstance(source, EngineWeights)
             self._broadcast(source)
         self.version = version
 

@@ -1,11 +1,16 @@
-"""Runs inside vLLM's GPU workers: the `worker_extension_cls` through which a trainer's weights arrive.
+"""Runs inside vLLM's workers: the `worker_extension_cls` through which a trainer's weights arrive.
 
 vLLM mixes this class into each of its workers, so `self` is the worker (`self.device`,
 `self.model_runner.model`). The engine calls these methods by name with `LLM.collective_rpc`, passing only
 plain data (CUDA IPC handles, tensor names, dtypes and shapes): no function or tensor goes through vLLM's
 RPC. The model's own `load_weights` maps the transformers names onto vLLM's fused layers.
 
-Two paths:
+Three paths:
+- `load_weights_file`: a safetensors file (written to shared memory, `/dev/shm`, by the engine's own process)
+  holding the trainer's tensors by name; the worker maps it and reloads them with vLLM's in-place reload,
+  which processes each layer again after loading (the CPU build repacks linear weights for its GEMM kernels,
+  so a plain `load_weights` after start-up finds no weight to copy into). This is the CPU path, and the
+  in-process engine's on any device.
 - `update_weights_from_ipc`: a trainer on the same GPU (colocated placement) shares its parameters as CUDA IPC
   handles (plain data, `agentrl.core.cuda_ipc`) keyed by the GPU's UUID; each worker opens the ones of its
   GPU, zero-copy, on its own device index (the GPU is the same, the index each process sees may differ).
@@ -23,11 +28,39 @@ import torch
 from agentrl.core.cuda_ipc import device_uuid, open_cuda_ipc_handle
 
 
+def repack_kept_weights(model: torch.nn.Module) -> int:
+    """Rebuild the packed GEMM copy of every CPU layer that keeps its plain weight (embeddings and the output
+    head); returns how many were rebuilt.
+
+    vLLM's CPU build multiplies with a packed copy made after loading (`cpu_linear`). A tied output head
+    shares the embedding's weight but loads nothing itself, so the in-place reload leaves its packed copy at
+    the old values; packing again from the (updated) shared weight fixes it.
+    """
+    rebuilt = 0
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        method = getattr(module, "quant_method", None)
+        if hasattr(module, "cpu_linear") and isinstance(weight, torch.Tensor) and weight.numel() and method:
+            method.process_weights_after_loading(module)
+            rebuilt += 1
+    return rebuilt
+
+
 class WeightReceiver:
     """vLLM worker extension: weight updates from a trainer (see the module docstring)."""
 
     device: torch.device
     model_runner: Any
+    reload_weights: Any
+
+    def load_weights_file(self, path: str) -> int:
+        """Load every tensor of the safetensors file at `path`; returns how many were loaded."""
+        from safetensors.torch import load_file
+
+        tensors = load_file(path, device="cpu")
+        self.reload_weights(weights_iterator=iter(tensors.items()), is_checkpoint_format=True)
+        repack_kept_weights(self.model_runner.model)
+        return len(tensors)
 
     def update_weights_from_ipc(self, handles: dict[str, dict[str, Any]]) -> None:
         uuid = device_uuid(self.device)

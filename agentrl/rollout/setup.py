@@ -119,16 +119,22 @@ def section_tasks(
     )  # fmt: skip
 
 
-def build_generator_for(cfg: ExperimentConfig, model: Any = None, tokenizer: Any = None) -> Any:
+def build_generator_for(
+    cfg: ExperimentConfig, model: Any = None, tokenizer: Any = None, adapter_dir: Any = None
+) -> Any:
+    """The run's generator in this process: HF over `model`, or one vLLM engine that loads `model.name`
+    itself (`lora`: it serves the trainer's adapter, written under `adapter_dir` per policy version)."""
     from agentrl.generation import build_generator
 
     if cfg.rollout.backend == "vllm":
         from agentrl.core.models import resolve_model_path
 
-        options = vllm_options(cfg)
+        lora = model is not None and cfg.finetune.mode == "lora"
+        options = vllm_options(cfg, lora=lora)
         return build_generator(
-            "vllm", model=resolve_model_path(cfg.model.name), tokenizer=tokenizer, **options.engine_kwargs()
-        )
+            "vllm", model=resolve_model_path(cfg.model.name), tokenizer=tokenizer, options=options,
+            adapter_dir=adapter_dir,
+        )  # fmt: skip
     return build_generator("hf", model=model, tokenizer=tokenizer, max_batch_size=cfg.rollout.batch_size)
 
 
@@ -139,11 +145,13 @@ def vllm_options(cfg: ExperimentConfig, lora: bool = False, sleep: bool = False)
 
     v = cfg.rollout.vllm
     return EngineOptions(
-        dtype=cfg.model.dtype, gpu_memory_utilization=v.gpu_memory_utilization, enforce_eager=v.enforce_eager,
-        tensor_parallel_size=v.tensor_parallel_size, enable_prefix_caching=v.enable_prefix_caching,
+        dtype=v.dtype or cfg.model.dtype, gpu_memory_utilization=v.gpu_memory_utilization,
+        enforce_eager=v.enforce_eager, tensor_parallel_size=v.tensor_parallel_size,
+        enable_prefix_caching=v.enable_prefix_caching,
         max_model_len=v.max_model_len or cfg.rollout.max_total_tokens, enable_lora=lora,
         max_lora_rank=max(8, 1 << (cfg.finetune.lora_r - 1).bit_length()), enable_sleep_mode=sleep,
-        seed=cfg.seed,
+        seed=cfg.seed, kv_cache_gib=v.kv_cache_gib, cpu_threads_bind=v.cpu_threads_bind,
+        cpu_reserved_cores=v.cpu_reserved_cores,
     )  # fmt: skip
 
 
@@ -163,11 +171,12 @@ def build_engine(cfg: ExperimentConfig, generator: Any, tokenizer: Any) -> tuple
     return RolloutEngine(generator, tokenizer, executor, config), executor
 
 
-def load_policy(cfg: ExperimentConfig) -> tuple[Any, Any]:
-    """(model, tokenizer) for `cfg.model`; with the vLLM backend only the tokenizer (vLLM loads weights)."""
+def load_policy(cfg: ExperimentConfig, trains_here: bool = False) -> tuple[Any, Any]:
+    """(model, tokenizer) for `cfg.model`; with the vLLM backend only the tokenizer (vLLM loads weights),
+    unless `trains_here`: the in-process trainer (`trainer.num_workers: 0`) trains the model beside it."""
     from agentrl.core.models import load_model, resolve_model_path
 
-    if cfg.rollout.backend == "vllm":
+    if cfg.rollout.backend == "vllm" and not (trains_here and cfg.trainer.num_workers == 0):
         from transformers import AutoTokenizer
 
         return None, AutoTokenizer.from_pretrained(resolve_model_path(cfg.model.name))

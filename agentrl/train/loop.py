@@ -180,7 +180,7 @@ class Trainer:
             self.display.note(f"connecting to Ray for {cfg.trainer.num_workers} policy workers")
             self._owns_ray = connect(cfg, self.source)
         self.display.note(f"loading {cfg.model.name}")
-        model, self.tokenizer = load_policy(cfg)
+        model, self.tokenizer = load_policy(cfg, trains_here=True)
         spec = TrainableSpec.from_section(cfg.finetune)
         with_reference = self.recipe.loss.kl_coef != 0 and cfg.finetune.mode == "full"
         self.reference: Any = None
@@ -199,13 +199,13 @@ class Trainer:
                 f"({cfg.finetune.mode}, layers: {cfg.finetune.train_layers})"
             )
             if with_reference:
-                self.reference, _ = load_policy(cfg)
+                self.reference, _ = load_policy(cfg, trains_here=True)
                 self.reference.requires_grad_(False)
         self.display.note(f"loading tasks ({cfg.data.dataset})")
         kwargs = env_kwargs_for(cfg)
         self.tasks = section_tasks(cfg, cfg.data, kwargs)
         self.display.note("building the environment and retriever")
-        if cfg.rollout.backend == "vllm":
+        if cfg.rollout.backend == "vllm" and cfg.trainer.num_workers > 0:
             from agentrl.train.cluster import launch_vllm_engines
 
             self.worker = self._rl_worker()
@@ -213,7 +213,9 @@ class Trainer:
             self.display.note(f"starting {v.num_engines} vLLM engines ({v.placement})")
             self.generator = launch_vllm_engines(cfg, self.worker, self.run_dir / "adapters")
         else:
-            self.generator = build_generator_for(cfg, self.model, self.tokenizer)
+            if cfg.rollout.backend == "vllm":
+                self.display.note("starting the vLLM engine")
+            self.generator = build_generator_for(cfg, self.model, self.tokenizer, self.run_dir / "adapters")
         self.engine, self.executor = build_engine(cfg, self.generator, self.tokenizer)
         self.loader = TaskLoader(self.tasks, cfg.seed)
         t = cfg.trainer
@@ -227,6 +229,8 @@ class Trainer:
             self.eval_tasks = section_tasks(cfg, cfg.eval.data, kwargs)
         if self.worker is None and (self.state.phase != "sft" or cfg.trainer.num_workers == 0):
             self.worker = self._rl_worker()  # a worker group waits for the weights SFT leaves
+        if cfg.rollout.backend == "vllm" and cfg.trainer.num_workers == 0:
+            self.worker.sync_weights(self.generator)  # the engine samples the trainer's exact weights
         self.fade = FadeState()
         wandb_project = cfg.output.wandb_project if cfg.output.wandb else None
         self.writer = MetricsWriter(

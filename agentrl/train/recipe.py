@@ -294,21 +294,15 @@ def _check_workers(cfg: ExperimentConfig, source: str) -> None:
             f"{source}: trainer.log_rank1 reads the output head in the trainer's process; it needs "
             "trainer.num_workers=0"
         )
-    if r.backend == "vllm":
-        if not t.num_workers:
-            raise ConfigError(
-                f"{source}: rollout.backend=vllm: the in-process trainer (trainer.num_workers=0) samples "
-                "with the policy it trains (rollout.backend=hf); vLLM engines need trainer.num_workers >= 1 "
-                "Ray workers that push their weights to the engines after every optimizer step"
-            )
-        if cfg.sft.enabled:
-            raise ConfigError(
-                f"{source}: sft.enabled with rollout.backend=vllm: the SFT cold start trains in the "
-                "`agentrl train` process on the hf backend; run `agentrl sft` first and start RL from its "
-                "checkpoint (model.name=<run dir>)"
-            )
+    if r.backend == "vllm" and t.num_workers and cfg.sft.enabled:
+        raise ConfigError(
+            f"{source}: sft.enabled with rollout.backend=vllm and trainer.num_workers={t.num_workers}: the "
+            "SFT cold start trains in the `agentrl train` process; use trainer.num_workers=0 (one engine "
+            "beside the in-process trainer), or run `agentrl sft` first and start RL from its checkpoint "
+            "(model.name=<run dir>)"
+        )
     v = r.vllm
-    if r.backend == "vllm" and v.placement == "colocated" and (
+    if r.backend == "vllm" and t.num_workers and v.placement == "colocated" and (
         v.num_engines != t.num_workers or v.tensor_parallel_size != 1
     ):
         raise ConfigError(
@@ -323,6 +317,12 @@ def _check_workers(cfg: ExperimentConfig, source: str) -> None:
     if not 0.0 < v.gpu_memory_utilization < 1.0:
         raise ConfigError(
             f"{source}: rollout.vllm.gpu_memory_utilization={v.gpu_memory_utilization} must lie in (0, 1)"
+        )
+    if v.kv_cache_gib is not None and not v.kv_cache_gib > 0:
+        raise ConfigError(f"{source}: rollout.vllm.kv_cache_gib={v.kv_cache_gib} must be > 0 (or null)")
+    if v.cpu_reserved_cores is not None and v.cpu_reserved_cores < 0:
+        raise ConfigError(
+            f"{source}: rollout.vllm.cpu_reserved_cores={v.cpu_reserved_cores} must be >= 0 (or null)"
         )
 
 

@@ -11,19 +11,20 @@ import pytest
 from agentrl.core.generator import Completion, SamplingParams, per_prompt
 
 
-def make_tiny_model(tokenizer, seed: int = 0):
-    """A 2-layer fp32 Llama with random weights over the SmolLM2 vocabulary (grouped-query attention)."""
+def make_tiny_model(tokenizer, seed: int = 0, hidden_size: int = 64, heads: int = 4, kv_heads: int = 2):
+    """A 2-layer fp32 Llama with random weights over the SmolLM2 vocabulary (grouped-query attention; vLLM's
+    CPU attention needs a head size of 32 or more: `hidden_size=128, heads=2`)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
         num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
         max_position_embeddings=4096,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,

