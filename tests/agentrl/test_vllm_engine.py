@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import random
 from pathlib import Path
 
 import pytest
@@ -138,6 +139,17 @@ def test_sampled_logprobs_equal_the_teacher_forced_ones(engine, base_model, prom
     assert max_gap(base_model, prompts, completions, sp) <= MAX_GAP
     again = engine.generate(prompts, sp)
     assert [c.token_ids for c in again] == [c.token_ids for c in completions]  # seeded per prompt
+
+
+def test_seeded_prompts_longer_than_one_prefill_batch_sample(engine, base_model) -> None:
+    """More distinct prompt tokens than vLLM prefills in one step by default (chunked prefill rewinds the
+    seeded CPU sampler, which fails there); every prompt is prefilled whole instead."""
+    rng = random.Random(0)
+    prompts = [[rng.randrange(200, 40000) for _ in range(700)] for _ in range(12)]
+    sp = SamplingParams(temperature=1.0, max_new_tokens=4, seed=21)
+    completions = engine.generate(prompts, sp)
+    assert all(len(c.token_ids) == 4 for c in completions)
+    assert max_gap(base_model, prompts[:2], completions[:2], sp) <= MAX_GAP
 
 
 def test_stop_strings_and_eos_end_a_completion_like_the_hf_backend(engine, tokenizer, prompts) -> None:
