@@ -104,8 +104,9 @@ class VLLMSection:
     max_model_len: context length the engines reserve; None uses rollout.max_total_tokens.
     dtype: the engine's compute dtype; None uses model.dtype (the same log-probs as the trainer).
     kv_cache_gib: KV cache size in GiB; None: on GPU gpu_memory_utilization decides, on CPU 4 GiB.
-    cpu_threads_bind: CPU engines: `auto` (vLLM binds its threads to the cores it picks, keeping one for its
-        scheduler), `nobind`, or a core list such as `0-1`.
+    cpu_threads_bind: CPU engines: `all` (the engine's threads on every core this process may use; the
+        trainer waits while it samples), `auto` (the cores vLLM picks, keeping one for its scheduler),
+        `nobind`, or a core list such as `0-1`.
     cpu_reserved_cores: CPU engines: cores kept free of engine threads; None lets vLLM decide.
     """
 
@@ -118,7 +119,7 @@ class VLLMSection:
     max_model_len: int | None = None
     dtype: str | None = None
     kv_cache_gib: float | None = None
-    cpu_threads_bind: str = "auto"
+    cpu_threads_bind: str = "all"
     cpu_reserved_cores: int | None = None
 
 

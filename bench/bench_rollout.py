@@ -192,9 +192,11 @@ def run_vllm(args, model, tokenizer, tasks, env_kwargs, batch) -> dict[str, Any]
     start = time.perf_counter()
     trajectories = engine.run(tasks, group_size=1)
     seconds = time.perf_counter() - start
+    update_seconds(model, batch, repeats=1)  # warm the allocator before either measurement
+    time.sleep(3.0)  # past the engine's busy-polling second after its last request
     alive = update_seconds(model, batch)
     generator.close()
-    time.sleep(2.0)  # let the engine's processes exit
+    time.sleep(3.0)  # let the engine's processes exit
     closed = update_seconds(model, batch)
     tokens = sum(sum(t.loss_mask) for t in trajectories)
     turns = sum(t.num_turns for t in trajectories) / len(trajectories)
@@ -228,7 +230,7 @@ def main() -> None:
     parser.add_argument("--skip-vllm", action="store_true", help="leave (d), the vLLM engine, out")
     parser.add_argument("--vllm-dtype", default="float32", help="the vLLM engine's dtype")
     parser.add_argument("--vllm-compile", action="store_true", help="let vLLM compile (slower start)")
-    parser.add_argument("--vllm-bind", default="auto", help="CPU thread binding of the vLLM engine")
+    parser.add_argument("--vllm-bind", default="all", help="CPU thread binding of the vLLM engine")
     parser.add_argument("--vllm-kv-cache-gib", type=float, default=None, help="vLLM KV cache (GiB)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0)
@@ -271,7 +273,7 @@ def main() -> None:
     elif not args.skip_vllm:
         from agentrl.rollout import collate
 
-        batch = collate(trajectories[: min(8, len(trajectories))], tokenizer.pad_token_id)
+        batch = collate(trajectories[: min(4, len(trajectories))], tokenizer.pad_token_id)
         vllm = run_vllm(args, model, tokenizer, tasks, env_kwargs, batch)
         results["(d) engine on vLLM"] = (vllm["tokens"], vllm["seconds"])
         print(

@@ -56,6 +56,14 @@ def vllm_on_cpu() -> bool:
     return bool(current_platform.is_cpu())
 
 
+def all_cores() -> str:
+    """The cores this process may run on, as vLLM's core list (`0-1`, `0,2,4`)."""
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else [0]
+    return ",".join(str(c) for c in cores) if cores != list(range(cores[0], cores[-1] + 1)) else (
+        f"{cores[0]}-{cores[-1]}"
+    )
+
+
 def shared_memory_dir() -> Path:
     """Where weight files travel to the engine: `/dev/shm` (RAM) when it is writable, else the temp dir."""
     if SHARED_MEMORY.is_dir() and os.access(SHARED_MEMORY, os.W_OK):
@@ -121,9 +129,9 @@ class EngineOptions:
     seed: the engine's base seed.
     kv_cache_gib: KV cache size in GiB; None: on GPU `gpu_memory_utilization` decides, on CPU
         `DEFAULT_CPU_KV_CACHE_GIB`.
-    cpu_threads_bind: CPU only (`VLLM_CPU_OMP_THREADS_BIND`): `auto` binds the engine's threads to the cores
-        vLLM picks (one core is kept for its scheduler), `nobind` leaves them to the OS, or a core list
-        such as `0-1`.
+    cpu_threads_bind: CPU only (`VLLM_CPU_OMP_THREADS_BIND`): `all` binds the engine's threads to every core
+        this process may run on (the trainer waits while the engine samples), `auto` to the cores vLLM picks
+        (it keeps one for its scheduler), `nobind` leaves them to the OS, or a core list such as `0-1`.
     cpu_reserved_cores: CPU only (`VLLM_CPU_NUM_OF_RESERVED_CPU`): cores kept free of engine threads; None
         lets vLLM decide.
     """
@@ -139,7 +147,7 @@ class EngineOptions:
     enable_sleep_mode: bool = False
     seed: int = 0
     kv_cache_gib: float | None = None
-    cpu_threads_bind: str = "auto"
+    cpu_threads_bind: str = "all"
     cpu_reserved_cores: int | None = None
 
     def engine_kwargs(self, cpu: bool = False) -> dict[str, Any]:
@@ -168,7 +176,8 @@ class EngineOptions:
 
     def environment(self) -> dict[str, str]:
         """The environment variables vLLM's CPU build reads when its engine starts."""
-        values = {"VLLM_CPU_OMP_THREADS_BIND": self.cpu_threads_bind}
+        bind = self.cpu_threads_bind
+        values = {"VLLM_CPU_OMP_THREADS_BIND": all_cores() if bind == "all" else bind}
         if self.cpu_reserved_cores is not None:
             values["VLLM_CPU_NUM_OF_RESERVED_CPU"] = str(self.cpu_reserved_cores)
         return values

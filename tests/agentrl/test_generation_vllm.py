@@ -280,3 +280,29 @@ def test_engine_options_come_from_the_config() -> None:
     assert kwargs["enforce_eager"] is True and kwargs["tensor_parallel_size"] == 2
     assert kwargs["distributed_executor_backend"] == "ray" and kwargs["max_lora_rank"] == 16
     assert kwargs["max_model_len"] == cfg.rollout.max_total_tokens and kwargs["enable_sleep_mode"] is True
+
+
+def test_cpu_engine_options_size_the_kv_cache_and_set_the_thread_environment() -> None:
+    from agentrl.generation.vllm import all_cores
+    from agentrl.rollout.setup import vllm_options
+
+    assert all_cores() in {"0", *(f"0-{n}" for n in range(1, 1024))} or "," in all_cores()
+
+    cfg = load_config(
+        ExperimentConfig, QUICKSTART,
+        ["rollout.vllm.cpu_threads_bind=0-1", "rollout.vllm.cpu_reserved_cores=0",
+         "rollout.vllm.dtype=bfloat16"],
+    )  # fmt: skip
+    options = vllm_options(cfg, sleep=True)
+    cpu = options.engine_kwargs(cpu=True)
+    assert cpu["dtype"] == "bfloat16" and cpu["enable_sleep_mode"] is False
+    assert cpu["kv_cache_memory_bytes"] == 4 << 30  # not a fraction of the machine's memory
+    assert cpu["enable_chunked_prefill"] is False
+    assert cpu["max_num_batched_tokens"] >= cfg.rollout.max_total_tokens
+    assert options.environment() == {"VLLM_CPU_OMP_THREADS_BIND": "0-1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+    every = vllm_options(load_config(ExperimentConfig, QUICKSTART, [])).environment()
+    assert every["VLLM_CPU_OMP_THREADS_BIND"] == all_cores() and "VLLM_CPU_NUM_OF_RESERVED_CPU" not in every
+    gpu = options.engine_kwargs()
+    assert "kv_cache_memory_bytes" not in gpu and "enable_chunked_prefill" not in gpu
+    sized = vllm_options(load_config(ExperimentConfig, QUICKSTART, ["rollout.vllm.kv_cache_gib=0.5"]))
+    assert sized.engine_kwargs()["kv_cache_memory_bytes"] == 1 << 29
