@@ -18,7 +18,7 @@ from pathlib import Path
 
 from retrievers.build import encoder_overrides, store_corpus
 from retrievers.corpora import detect_format
-from retrievers.encoders import EncoderSpec
+from retrievers.encoders import ENCODER_FAMILIES, EncoderSpec, infer_family
 from retrievers.index_meta import DOCS_FILE, META_FILE, meta_header, write_json_atomic
 
 
@@ -77,7 +77,14 @@ def import_faiss_index(cfg: ImportConfig) -> ImportReport:
         raise FileExistsError(f"{out} already holds an index ({META_FILE}); pass --overwrite to replace it")
 
     faiss_type, dim, num_vectors = describe_faiss_file(faiss_path)
+    check_family(cfg.encoder, cfg.family)
     spec = EncoderSpec.create(cfg.encoder, cfg.family, cfg.max_length, cfg.dtype, **encoder_overrides(cfg))
+    encoder_dim = encoder_dimension(cfg.encoder)
+    if encoder_dim is not None and encoder_dim != dim:
+        raise ValueError(
+            f"{faiss_path} holds {dim}-dimensional vectors but --encoder {cfg.encoder} encodes "
+            f"{encoder_dim}-dimensional ones; pass the encoder the index was built with"
+        )
     spec = replace(spec, dim=dim)
     fmt = detect_format(corpus) if cfg.corpus_format == "auto" else cfg.corpus_format
 
@@ -108,6 +115,39 @@ def import_faiss_index(cfg: ImportConfig) -> ImportReport:
     }
     write_json_atomic(out / META_FILE, meta)
     return ImportReport(out, num_docs, faiss_type, dim, time.perf_counter() - start)
+
+
+def check_family(encoder: str, family: str) -> None:
+    """Refuse an explicit `--family` that contradicts the one `encoder`'s name names (its queries would be
+    encoded with another family's prefixes and pooling than the passages were)."""
+    implied = infer_family(encoder)
+    if family == "auto" or implied == "sentence-transformers":
+        return
+    if ENCODER_FAMILIES.get(family).name != ENCODER_FAMILIES.get(implied).name:
+        raise ValueError(
+            f"--family {family} contradicts --encoder {encoder}, whose family is {implied}; pass --family "
+            f"{implied} (or auto), or set the prefixes and pooling explicitly"
+        )
+
+
+def encoder_dimension(encoder: str) -> int | None:
+    """The embedding size of a local or bundled sentence encoder, read from its files (the last Dense layer's
+    `out_features`, else the transformer's `hidden_size`); None when its files are not on this machine."""
+    import json
+
+    from agentrl.core.models import resolve_encoder_path
+
+    root = Path(resolve_encoder_path(encoder))
+    if not root.is_dir():
+        return None
+    dense = sorted(root.glob("*_Dense/config.json"))
+    if dense:
+        return int(json.loads(dense[-1].read_text(encoding="utf-8"))["out_features"])
+    config = root / "config.json"
+    if not config.is_file():
+        return None
+    size = json.loads(config.read_text(encoding="utf-8")).get("hidden_size")
+    return int(size) if size is not None else None
 
 
 def _stage_docs(corpus: Path, fmt: str, staging: Path, progress: bool) -> int:

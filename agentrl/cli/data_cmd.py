@@ -39,7 +39,7 @@ def filter_command(
     model: Annotated[
         str | None, typer.Option("--model", "-m", help="The current policy; config model.name.")
     ] = None,
-    samples: Annotated[int, typer.Option("--samples", "-n", help="Rollouts per question.")] = 8,
+    samples: Annotated[int, typer.Option("--samples", "-n", min=1, help="Rollouts per question.")] = 8,
     temperature: Annotated[float, typer.Option(help="Sampling temperature of the rollouts.")] = 1.0,
     low: Annotated[float, typer.Option(help="Keep accuracy strictly above this.")] = 0.0,
     high: Annotated[float, typer.Option(help="Keep accuracy strictly below this.")] = 0.5,

@@ -9,16 +9,17 @@ import typer
 from rich.console import Console
 
 from agentrl.core.files import NoSpaceError
+from agentrl.core.generator import BackendUnavailableError
 
 err_console = Console(stderr=True)
 
 
 @contextlib.contextmanager
 def user_errors(*kinds: type[BaseException]) -> Iterator[None]:
-    """Print `kinds` (plus FileExistsError and NoSpaceError; default: ValueError, KeyError, FileNotFoundError,
-    RuntimeError) as `error: ...`."""
+    """Print `kinds` (plus FileExistsError, NoSpaceError and BackendUnavailableError; default: ValueError,
+    KeyError, FileNotFoundError, RuntimeError) as `error: ...`."""
     defaults = (ValueError, KeyError, FileNotFoundError, RuntimeError)
-    catch = (*(kinds or defaults), FileExistsError, NoSpaceError)
+    catch = (*(kinds or defaults), FileExistsError, NoSpaceError, BackendUnavailableError)
     try:
         yield
     except catch as exc:

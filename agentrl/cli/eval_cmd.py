@@ -63,7 +63,9 @@ def eval_command(
     seed: Annotated[
         int | None, typer.Option(help="Run seed the evaluation seed derives from; config seed.")
     ] = None,
-    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the 95% CIs (0: none).")] = 1000,
+    bootstrap: Annotated[
+        int, typer.Option(min=0, help="Bootstrap resamples for the 95% CIs (0: none).")
+    ] = 1000,
     output: Annotated[
         Path | None,
         typer.Option(

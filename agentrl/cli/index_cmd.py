@@ -256,7 +256,7 @@ def evaluate(
     questions: Annotated[
         Path, typer.Option(help="HotpotQA or 2WikiMultihopQA questions (JSONL) with supporting_facts.")
     ],
-    limit: Annotated[int | None, typer.Option(help="Evaluate only the first N questions.")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Evaluate only the first N questions.")] = None,
     batch_size: Annotated[int, typer.Option(help="Questions per search call.")] = 64,
     as_json: Annotated[
         bool,

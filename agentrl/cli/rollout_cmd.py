@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from agentrl.cli.errors import user_errors
+from agentrl.cli.errors import err_console, user_errors
 
 
 def rollout(
@@ -72,6 +72,7 @@ def rollout(
     from agentrl.core.config import ConfigError, load_config
     from agentrl.core.models import ModelNotFoundError
     from agentrl.experiment import ExperimentConfig
+    from agentrl.train.recipe import check_config
 
     flags = {
         "model.name": model,
@@ -94,10 +95,18 @@ def rollout(
         if out.exists() and not overwrite:
             raise FileExistsError(f"{out} already exists; pass --overwrite to replace it, or another --out")
         cfg = load_config(ExperimentConfig, config, [*(overrides or []), *extra])
-        _run(cfg, out)
+        check_config(cfg, str(config or "<defaults>"), training=False)
+        trajectories = _run(cfg, out)
+    if trajectories and all(t.finish_reason == "error" for t in trajectories):
+        first = trajectories[0].info.get("error", "no message")
+        err_console.print(
+            f"[bold red]error:[/] every one of the {len(trajectories)} episodes ended in an env error (they "
+            f"are in {out}); the first: {first}", highlight=False,
+        )  # fmt: skip
+        raise typer.Exit(code=1)
 
 
-def _run(cfg, out: Path) -> None:
+def _run(cfg, out: Path) -> list[Any]:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -114,6 +123,7 @@ def _run(cfg, out: Path) -> None:
         )
     write_trajectories(out, run.trajectories, run.tokenizer)
     print_summary(Console(), run.trajectories, run.stats, out)
+    return run.trajectories
 
 
 def print_summary(console, trajectories, stats, out: Path) -> None:

@@ -16,6 +16,10 @@ from typing import Any, Literal, Protocol, runtime_checkable
 FinishReason = Literal["stop", "eos", "length"]
 
 
+class BackendUnavailableError(ImportError):
+    """A generation backend whose package is not installed here; the message names how to install it."""
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """How to sample one completion.

@@ -345,7 +345,7 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!r} requested but CUDA is not available; use device=cpu")
+        raise ValueError(f"device {device!r} requested but CUDA is not available here; use cpu or auto")
     return device
 
 

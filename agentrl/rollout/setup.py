@@ -30,7 +30,7 @@ def import_env_module(env_id: str) -> str:
     return env_id
 
 
-def _env_parameters(env_id: str) -> set[str] | None:
+def env_parameters(env_id: str) -> set[str] | None:
     """Constructor parameter names of a registered env (None when they cannot be read)."""
     import gymnasium
 
@@ -68,7 +68,7 @@ def build_retriever(cfg: ExperimentConfig) -> Any:
     `hybrid` without an `index_dir` build (once, then reuse) an index over them with `retriever.encoder`.
     """
     section = cfg.retriever
-    params = _env_parameters(cfg.env.id)
+    params = env_parameters(cfg.env.id)
     worlds = run_worlds(cfg) if params is None or "retriever" in params else []
     if section.kind == "memory":
         if not worlds:
@@ -97,7 +97,7 @@ def build_retriever(cfg: ExperimentConfig) -> Any:
 def env_kwargs_for(cfg: ExperimentConfig, retriever: Any = None) -> dict[str, Any]:
     """`env.kwargs` plus `max_turns`, `top_k` and `retriever` where the env's constructor takes them."""
     kwargs = dict(cfg.env.kwargs)
-    params = _env_parameters(cfg.env.id)
+    params = env_parameters(cfg.env.id)
     extras = {"max_turns": cfg.env.max_turns, "top_k": cfg.retriever.topk, "retriever": retriever}
     for name, value in extras.items():
         if value is None or name in kwargs:

@@ -443,6 +443,7 @@ class Trainer:
             )
         trajectories = sampled.trajectories
         rollout_s = time.perf_counter() - started
+        _stop_if_every_episode_failed(step, sampled.sampled)
         metrics = self._rollout_metrics(sampled)
         if cfg.output.save_trajectories and sampled.sampled:
             path = self.run_dir / "trajectories" / f"step-{step:06d}.jsonl"
@@ -591,6 +592,16 @@ class Trainer:
                 + (f" (latest: {self.checkpoint})" if self.checkpoint else "")
                 + ". Lower trainer.learning_rate, check the rewards, or raise trainer.max_nonfinite_steps."
             )
+
+
+def _stop_if_every_episode_failed(step: int, episodes: list[Any]) -> None:
+    """A step whose every episode ended in an env error has nothing to train on: stop the run, naming it."""
+    if episodes and all(t.finish_reason == "error" for t in episodes):
+        first = episodes[0].info.get("error", "no message")
+        raise TrainingStopped(
+            f"step {step}: every one of the {len(episodes)} episodes ended in an env error, so there is "
+            f"nothing to train on; the first: {first}. Checkpoints already written are untouched."
+        )
 
 
 def _gap(trainer_logp: torch.Tensor, sampler_logp: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:

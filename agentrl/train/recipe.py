@@ -107,6 +107,7 @@ def check_config(cfg: ExperimentConfig, source: str = "<config>", training: bool
     _check_ranges(_sampling_ranges(cfg) + (_training_ranges(cfg) if training else []), source)
     _check_env(cfg, source)
     _check_model(cfg, source)
+    _check_device(cfg, source)
     _check_retriever(cfg, source)
     _check_eval(cfg, source)
     if training:
@@ -127,6 +128,7 @@ def _sampling_ranges(cfg: ExperimentConfig) -> list[Range]:
         ("rollout.temperature", r.temperature, 0 <= r.temperature < math.inf, "a finite number >= 0"),
         ("rollout.top_p", r.top_p, 0 < r.top_p <= 1, "in (0, 1]"),
         ("rollout.top_k", r.top_k, r.top_k >= 0, ">= 0 (0: off)"),
+        ("rollout.group_size", r.group_size, r.group_size >= 1, ">= 1"),
         ("rollout.max_new_tokens", r.max_new_tokens, r.max_new_tokens >= 1, ">= 1"),
         ("rollout.max_total_tokens", r.max_total_tokens, r.max_total_tokens >= 1, ">= 1"),
         ("rollout.batch_size", r.batch_size, r.batch_size >= 1, ">= 1"),
@@ -179,6 +181,25 @@ def _check_env(cfg: ExperimentConfig, source: str) -> None:
         raise ConfigError(f"{source}: env.id: cannot import the module of {cfg.env.id!r}: {exc}") from None
     if env_id not in gymnasium.registry:
         raise _unknown(source, "env.id", env_id, [k for k in gymnasium.registry if k.startswith("agentrl/")])
+    _check_env_kwargs(cfg, source)
+
+
+def _check_env_kwargs(cfg: ExperimentConfig, source: str) -> None:
+    """Every `env.kwargs` key must be a parameter of the env's constructor (where it can be read), or every
+    episode would end in the env's TypeError."""
+    from agentrl.rollout.setup import env_parameters
+
+    params = env_parameters(cfg.env.id)
+    if params is None:
+        return
+    for key in cfg.env.kwargs:
+        if key not in params:
+            hint = closest(key, sorted(params))
+            suggestion = f"; did you mean {hint!r}?" if hint else ""
+            raise ConfigError(
+                f"{source}: env.kwargs.{key}: {cfg.env.id} takes no argument {key!r}{suggestion} Valid: "
+                f"{', '.join(sorted(p for p in params if p != 'self'))}"
+            )
 
 
 def _check_model(cfg: ExperimentConfig, source: str) -> None:
@@ -193,6 +214,17 @@ def _check_model(cfg: ExperimentConfig, source: str) -> None:
         return
     if name.startswith((".", "/", "~")) and not Path(name).expanduser().exists():
         raise ConfigError(f"{source}: model.name: directory {name!r} does not exist")
+
+
+def _check_device(cfg: ExperimentConfig, source: str) -> None:
+    import torch
+
+    device = cfg.model.device
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"{source}: model.device={device}: CUDA is not available on this machine; use model.device=cpu "
+            "(or auto)"
+        )
 
 
 def _check_retriever(cfg: ExperimentConfig, source: str) -> None:

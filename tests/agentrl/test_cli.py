@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -93,3 +94,22 @@ def test_config_show_misspelt_yaml_key(tmp_path: Path) -> None:
     result = runner.invoke(app, ["config", "show", str(bad)])
     assert result.exit_code == 2
     assert "model.nmae" in result.output and "model.name" in result.output and "bad.yaml" in result.output
+
+
+INDEX_EVAL = ["index", "eval", "idx", "--questions", "q.jsonl"]
+
+
+@pytest.mark.parametrize(
+    ("args", "option", "bound"),
+    [
+        (["eval", "--bootstrap", "-5"], "--bootstrap", "greater than or equal to 0"),
+        ([*INDEX_EVAL, "--limit", "0"], "--limit", "greater than or equal to 1"),
+        ([*INDEX_EVAL, "--limit", "-1"], "--limit", "greater than or equal to 1"),
+        (["data", "filter", "--samples", "0", "--out", "k.jsonl"], "--samples", "greater than or equal to 1"),
+    ],
+)  # fmt: skip
+def test_counts_out_of_range_are_refused_naming_the_option(args: list[str], option: str, bound: str) -> None:
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.replace("│", " ").split())
+    assert f"Invalid value for '{option}'" in text and bound in text

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from agentrl.core.config import ConfigError, load_config
 from agentrl.experiment import ExperimentConfig
@@ -64,6 +65,7 @@ def test_parameters_are_counted_from_the_config_alone(tiny_model_dir: Path, mode
         (["trainer.num_workers=2", "trainer.log_rank1=true"], r"log_rank1 .* needs trainer.num_workers=0"),
         (["rollout.backend=vllm", "trainer.num_workers=2"], r"sft.enabled with rollout.backend=vllm"),
         (["rollout.vllm.kv_cache_gib=0"], r"rollout.vllm.kv_cache_gib=0.0 must be > 0"),
+        (["env.kwargs.top_kk=5"], r"env.kwargs.top_kk: agentrl/SearchQA-v0 takes no argument 'top_kk'"),
         (["rollout.vllm.cpu_reserved_cores=-1"], r"rollout.vllm.cpu_reserved_cores=-1 must be >= 0"),
         (["rollout.backend=vllm", "trainer.num_workers=2", "sft.enabled=false", "rollout.vllm.num_engines=1"],
          r"placement=colocated puts one engine on each trainer GPU: set rollout.vllm.num_engines=2"),
@@ -88,3 +90,10 @@ def test_a_vllm_run_on_ray_workers_passes() -> None:
     separate = [*overrides, "rollout.vllm.placement=separate", "rollout.vllm.num_engines=1",
                 "rollout.vllm.tensor_parallel_size=2"]  # fmt: skip
     check_config(load_config(ExperimentConfig, QUICKSTART, separate), "cfg.yaml")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_a_cuda_device_without_cuda_is_refused_before_loading() -> None:
+    cfg = load_config(ExperimentConfig, QUICKSTART, ["model.device=cuda:0"])
+    with pytest.raises(ConfigError, match=r"model.device=cuda:0: CUDA is not available on this machine"):
+        check_config(cfg, "cfg.yaml")

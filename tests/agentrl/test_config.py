@@ -162,6 +162,21 @@ def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
         load_config(ExperimentConfig, write(tmp_path, "- 1\n- 2\n"))
 
 
+def test_a_repeated_section_or_key_is_refused_with_both_lines(tmp_path: Path) -> None:
+    text = "rollout:\n  group_size: 2\ntrainer:\n  steps: 3\nrollout:\n  temperature: 0.5\n"
+    with pytest.raises(ConfigError, match=r"'rollout' appears twice \(lines 1 and 5\)"):
+        load_config(ExperimentConfig, write(tmp_path, text))
+    with pytest.raises(ConfigError, match=r"'steps' appears twice \(lines 2 and 3\)"):
+        load_config(ExperimentConfig, write(tmp_path, "trainer:\n  steps: 3\n  steps: 4\n"))
+
+
+def test_a_config_that_is_not_utf8_is_refused_naming_the_byte(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("name: caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1.yaml: not UTF-8 text \(byte 9 is 0xe9\)"):
+        load_config(ExperimentConfig, path)
+
+
 def test_base_file_is_merged_section_by_section(tmp_path: Path) -> None:
     (tmp_path / "quickstart.yaml").write_text(QUICKSTART.read_text(encoding="utf-8"), encoding="utf-8")
     (tmp_path / "recipes").mkdir()

@@ -61,3 +61,53 @@ def test_rollout_never_overwrites_an_existing_file(tmp_path) -> None:
     assert result.exit_code == 2
     assert "--overwrite" in result.output
     assert out.read_text() == "earlier results\n"
+
+
+def test_rollout_on_vllm_without_vllm_names_the_install(tiny_dir, tmp_path, monkeypatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "vllm", None)  # `import vllm` raises ImportError, as where it is missing
+    out = tmp_path / "rollouts.jsonl"
+    args = ["rollout", "--model", str(tiny_dir), "--env", "agentrl/SearchQA-v0", "--num-tasks", "1",
+            "--group-size", "1", "--out", str(out), "--backend", "vllm", "--device", "cpu",
+            "env.kwargs={world_entities: 40}"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert "rollout.backend=vllm needs vLLM" in result.output and "make install" in result.output
+    assert "Traceback" not in result.output and not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--env", "agentrl/Nope-v0"], "env.id: unknown value 'agentrl/Nope-v0'"),
+        (["--env", "agentrl/SearchQA-v0", "env.kwargs.top_kk=5"],
+         "env.kwargs.top_kk: agentrl/SearchQA-v0 takes no argument 'top_kk'; did you mean 'top_k'?"),
+        (["--env", "agentrl/SearchQA-v0", "--group-size", "0"], "rollout.group_size=0: must be >= 1"),
+    ],
+)  # fmt: skip
+def test_rollout_refuses_what_would_only_make_errors_before_loading(extra, message, tmp_path) -> None:
+    out = tmp_path / "rollouts.jsonl"
+    model = str(tmp_path / "no-model-here")
+    args = ["rollout", "--model", model, "--num-tasks", "1", "--out", str(out), *extra]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split()) and not out.exists()
+
+
+def test_a_rollout_whose_every_episode_fails_exits_1_naming_the_error(tiny_dir, tmp_path, monkeypatch):
+    from tests.agentrl import train_env
+
+    def down(self, action: str):
+        raise RuntimeError("the env is down")
+
+    monkeypatch.setattr(train_env.VowelEnv, "turn", down)
+    out = tmp_path / "rollouts.jsonl"
+    args = ["rollout", "--model", str(tiny_dir), "--env", f"tests.agentrl.train_env:{train_env.ENV_ID}",
+            "--dataset", "env", "--num-tasks", "2", "--group-size", "2", "--out", str(out),
+            "--max-new-tokens", "4", "--device", "cpu"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1, result.output
+    text = " ".join(result.output.split())
+    assert "every one of the 4 episodes ended in an env error" in text and "the env is down" in text
+    assert len(out.read_text().splitlines()) == 4  # written for inspection

@@ -143,6 +143,17 @@ def test_error_episodes_never_train_and_are_counted(tiny_dir: Path, tmp_path: Pa
     assert seen and all("error" not in reasons for reasons in seen)
 
 
+def test_a_step_whose_every_episode_fails_stops_the_run(tiny_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    from tests.agentrl import train_env
+
+    def down(self, action: str):
+        raise RuntimeError("the env is down")
+
+    monkeypatch.setattr(train_env.VowelEnv, "turn", down)
+    with pytest.raises(TrainingStopped, match=r"step 1: every one of the 6 episodes ended in an env error"):
+        train(config(tiny_dir, tmp_path, "trainer.steps=2"), display=quiet())
+
+
 def test_greedy_and_bad_batches_are_refused_before_loading(tmp_path: Path) -> None:
     base = ["model.name=./no/such/model"]
     with pytest.raises(ConfigError, match=r"model.name: directory './no/such/model' does not exist"):

@@ -99,14 +99,14 @@ def test_import_refuses_mismatched_corpus_and_l2_indexes(world_corpus: Path, tmp
     corpus = tmp_path / "corpus.jsonl"
     searchr1_corpus(world_corpus, corpus, 10)
     short = tmp_path / "short.index"
-    write_faiss(np.ones((9, 8)), short)
+    write_faiss(np.ones((9, 384)), short)
     result = runner.invoke(app, import_args(short, corpus))
     message = " ".join(result.output.split())
     assert result.exit_code == 2 and "holds 9 vectors but corpus" in message and "has 10 documents" in message
     assert not (tmp_path / "meta.json").exists() and not (tmp_path / "docs.sqlite").exists()
 
     l2 = tmp_path / "l2.index"
-    write_faiss(np.ones((10, 8)), l2, inner_product=False)
+    write_faiss(np.ones((10, 384)), l2, inner_product=False)
     result = runner.invoke(app, import_args(l2, corpus))
     assert result.exit_code == 2 and "metric L2" in " ".join(result.output.split())
     not_faiss = tmp_path / "notes.index"
@@ -138,6 +138,6 @@ def test_a_failed_import_into_a_new_directory_leaves_nothing(world_corpus: Path,
     corpus = tmp_path / "corpus.jsonl"
     searchr1_corpus(world_corpus, corpus, 10)
     short = tmp_path / "short.index"
-    write_faiss(np.ones((9, 8)), short)
+    write_faiss(np.ones((9, 384)), short)
     result = runner.invoke(app, import_args(short, corpus, "--out", str(tmp_path / "new")))
     assert result.exit_code == 2 and not (tmp_path / "new").exists()
