@@ -95,6 +95,28 @@ def test_import_into_another_directory_names_the_faiss_file(world_corpus: Path, 
     assert again.exit_code == 2 and "--overwrite" in again.output
 
 
+@requires_minilm
+def test_import_refuses_vectors_of_another_size_and_a_contradicting_family(
+    world_corpus: Path, tmp_path: Path
+) -> None:
+    corpus = tmp_path / "corpus.jsonl"
+    searchr1_corpus(world_corpus, corpus, 10)
+    narrow = tmp_path / "narrow.index"
+    write_faiss(np.ones((10, 128)), narrow)
+    result = runner.invoke(app, import_args(narrow, corpus))
+    message = " ".join(result.output.split())
+    assert result.exit_code == 2, result.output
+    assert "holds 128-dimensional vectors but --encoder bundled:all-minilm-l6-v2" in message
+    assert "encodes 384-dimensional" in message
+    args = ["index", "import", "--faiss-index", str(narrow), "--corpus", str(corpus), "--encoder",
+            "intfloat/e5-base-v2", "--family", "bge", "--no-progress"]  # fmt: skip
+    result = runner.invoke(app, args)
+    message = " ".join(result.output.split())
+    assert result.exit_code == 2
+    assert "--family bge contradicts --encoder intfloat/e5-base-v2, whose family is e5" in message
+    assert not (tmp_path / "meta.json").exists() and not (tmp_path / "docs.sqlite").exists()
+
+
 def test_import_refuses_mismatched_corpus_and_l2_indexes(world_corpus: Path, tmp_path: Path) -> None:
     corpus = tmp_path / "corpus.jsonl"
     searchr1_corpus(world_corpus, corpus, 10)
