@@ -97,25 +97,36 @@ def masked_quantile(values: Tensor, mask: Tensor, q: float) -> float:
     return float(v[idx])
 
 
+def top_fraction_threshold(values: Tensor, mask: Tensor, fraction: float) -> float:
+    """The k-th largest of `values` over `mask` with k = ceil(fraction·n) (at least 1), so `values >= it`
+    keeps the top `fraction` of the n tokens (2 of 10 for 0.2, 2 of 9); nan when the mask is empty."""
+    v = values.detach()[mask.bool()].double()
+    if v.numel() == 0:
+        return float("nan")
+    k = min(max(math.ceil(fraction * v.numel() - 1e-9), 1), v.numel())
+    return float(torch.topk(v, k).values[-1])
+
+
 def stapo_mask(inputs: FilterInputs, *, tau_p: float = 2e-3, entropy_top_fraction: float = 0.2) -> Tensor:
     """STAPO S2T keep mask [B, T] (STAPO eq. 1, Remark 3.5).
 
     Drops token t of trajectory i when A_i > 0, π(y_t) < τ_p (absolute) and H_t < τ_h, where τ_h is the
-    (1 - entropy_top_fraction) quantile of H over the minibatch's loss tokens.
+    smallest entropy of the top `entropy_top_fraction` of the minibatch's loss tokens
+    (`top_fraction_threshold`).
     """
     mask = inputs.loss_mask.bool()
     probs = inputs.need("logprobs", "stapo").exp()
     entropy = inputs.need("entropy", "stapo")
-    tau_h = masked_quantile(entropy, mask, 1.0 - entropy_top_fraction)
+    tau_h = top_fraction_threshold(entropy, mask, entropy_top_fraction)
     spurious = (inputs.token_advantages() > 0) & (probs < tau_p) & (entropy < tau_h) & mask
     return mask & ~spurious
 
 
 def high_entropy_mask(inputs: FilterInputs, *, top_fraction: float = 0.2) -> Tensor:
-    """Keep only the top-ρ entropy tokens of the minibatch ("20-Entropy"): H_t >= its (1-ρ) quantile."""
+    """Keep only the top-ρ entropy tokens of the minibatch ("20-Entropy"): the ceil(ρ·n) highest H_t."""
     mask = inputs.loss_mask.bool()
     entropy = inputs.need("entropy", "high_entropy")
-    threshold = masked_quantile(entropy, mask, 1.0 - top_fraction)
+    threshold = top_fraction_threshold(entropy, mask, top_fraction)
     return mask & (entropy >= threshold)
 
 

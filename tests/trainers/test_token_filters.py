@@ -57,6 +57,18 @@ def test_high_entropy_keeps_top_fraction() -> None:
     assert keep.sum() == 2 and keep[1, 2] and keep[1, 3]
 
 
+@pytest.mark.parametrize("n", [5, 9, 10, 11, 20])
+def test_top_fraction_keeps_ceil_of_the_fraction(n: int) -> None:
+    """Top 20% of 10 distinct entropies keeps 2 tokens (the boundary where a (1-ρ) lower quantile keeps 3)."""
+    entropy = torch.randperm(n, generator=torch.Generator().manual_seed(n)).double()[None]
+    mask = torch.ones_like(entropy, dtype=torch.bool)
+    inputs = FilterInputs(mask, torch.tensor([1.0]), torch.zeros_like(entropy), entropy, None)
+    expected = math.ceil(0.2 * n - 1e-9)
+    assert int(high_entropy_mask(inputs, top_fraction=0.2).sum()) == expected
+    probs_low = FilterInputs(mask, torch.tensor([1.0]), torch.full_like(entropy, -20.0), entropy, None)
+    assert int(stapo_mask(probs_low, tau_p=2e-3, entropy_top_fraction=0.2).sum()) == expected
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_taxonomy_masks_partition_tokens(seed: int) -> None:
     gen = torch.Generator().manual_seed(seed)
