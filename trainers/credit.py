@@ -1,12 +1,16 @@
 """Multi-turn credit: spread trajectory or per-turn advantages onto agent tokens.
 
 `turn_credit: broadcast` (default): every agent token of trajectory i carries A_i (`broadcast_advantages`).
-`turn_credit: per_turn`: per-turn rewards combine with the final reward as a discounted return-to-go per turn,
-normalized across the group at each turn index (`per_turn_advantages`), then each token takes the advantage
-of its turn (`turn_token_advantages`).
+`turn_credit: per_turn`: per-turn rewards combine with the final reward as a discounted return-to-go per turn
+(`turn_returns`); at each turn index the advantage scheme scores the returns of the group's trajectories that
+reached that turn (`scheme_turn_advantages`; GRPO's normalisation there is `per_turn_advantages`), then each
+token takes the advantage of its turn (`turn_token_advantages`). A negative-only scheme therefore stays
+negative-only per turn.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 
@@ -46,6 +50,37 @@ def per_turn_advantages(
         trajectory or equal returns.
     """
     mask = turn_mask.bool()
+    k = mask.shape[1]
+    ret = turn_returns(turn_rewards, mask, final_reward, group_ids, gamma=gamma, final_weight=final_weight)
+    _, g_inv = torch.unique(group_ids, return_inverse=True)
+    cell = (g_inv[:, None] * k + torch.arange(k)[None, :])[mask]
+    values = ret[mask]
+    cells = GroupIndex.from_ids(cell)
+    mean = cells.per_item(cells.mean(values))
+    sigma = cells.per_item(cells.std(values, std))
+    live = cells.per_item((~cells.constant(values)).double())
+    out = torch.zeros_like(ret)
+    denom = torch.where(live > 0, sigma + eps, torch.ones_like(sigma))
+    out[mask] = (values - mean) / denom * live
+    return out
+
+
+def turn_returns(
+    turn_rewards: Tensor,
+    turn_mask: Tensor,
+    final_reward: Tensor,
+    group_ids: Tensor,
+    *,
+    gamma: float = 1.0,
+    final_weight: float = 1.0,
+) -> Tensor:
+    """[N, K] float64 discounted return-to-go R_{i,k} = Σ_{j>=k} γ^(j-k) r_{i,j} of each taken turn (the final
+    reward, times `final_weight`, added to the last one); 0 at padding. Shapes as in `per_turn_advantages`.
+
+    Raises:
+        ValueError: a NaN/inf turn or final reward (names the trajectory and its group id).
+    """
+    mask = turn_mask.bool()
     n, k = mask.shape
     bad = (~torch.isfinite(turn_rewards.double()) & mask).any(-1) | ~torch.isfinite(final_reward.double())
     if bool(bad.any()):
@@ -60,16 +95,22 @@ def per_turn_advantages(
     for j in range(k - 1, -1, -1):
         running = r[:, j] + gamma * running
         ret[:, j] = running
-    _, g_inv = torch.unique(group_ids, return_inverse=True)
-    cell = (g_inv[:, None] * k + torch.arange(k)[None, :])[mask]
-    values = ret[mask]
-    cells = GroupIndex.from_ids(cell)
-    mean = cells.per_item(cells.mean(values))
-    sigma = cells.per_item(cells.std(values, std))
-    live = cells.per_item((~cells.constant(values)).double())
-    out = torch.zeros_like(ret)
-    denom = torch.where(live > 0, sigma + eps, torch.ones_like(sigma))
-    out[mask] = (values - mean) / denom * live
+    return ret * mask
+
+
+TurnScheme = Callable[[Tensor, Tensor], Tensor]
+"""(rows [M] long, their returns [M] float64) -> [M] advantages of those rows within their groups."""
+
+
+def scheme_turn_advantages(returns: Tensor, turn_mask: Tensor, scheme: TurnScheme) -> Tensor:
+    """[N, K] float64 per-turn advantages: at each turn index k, `scheme` scores the returns R_{·,k} [N, K]
+    of the trajectories that reached turn k (`turn_mask` [N, K]) within their groups; 0 at padding."""
+    mask = turn_mask.bool()
+    out = torch.zeros(returns.shape, dtype=torch.float64)
+    for k in range(mask.shape[1]):
+        rows = mask[:, k].nonzero().squeeze(1)
+        if rows.numel():
+            out[rows, k] = scheme(rows, returns[rows, k]).double()
     return out
 
 

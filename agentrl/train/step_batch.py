@@ -4,6 +4,7 @@ minibatch."""
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,7 +14,7 @@ from agentrl.core.types import Trajectory
 from agentrl.rollout.collate import collate
 from trainers.advantages import FadeState, compute_advantages, scheme_inputs
 from trainers.batching import PolicyBatch
-from trainers.credit import per_turn_advantages, turn_token_advantages
+from trainers.credit import scheme_turn_advantages, turn_returns, turn_token_advantages
 from trainers.filters import FilterInputs, FilterResult, apply_filters
 from trainers.losses import LossNormalizer
 from trainers.presets import Preset
@@ -45,12 +46,17 @@ def pad_token_id(tokenizer: Any) -> int:
 
 
 def trajectory_advantages(
-    trajectories: list[Trajectory], preset: Preset, fade_state: FadeState | None = None
+    trajectories: list[Trajectory],
+    preset: Preset,
+    fade_state: FadeState | None = None,
+    rewards: Tensor | None = None,
 ) -> Tensor:
     """[N] float64 advantages of the preset's scheme, with every batch input it reads
     (`trainers.advantages.scheme_inputs`) taken from the trajectories: `lengths` (agent tokens),
-    `entropy` (mean sampled -log π) and `state` (`fade_state`, advanced in place; a fresh one when None)."""
-    rewards = torch.tensor([t.reward for t in trajectories], dtype=torch.float64)
+    `entropy` (mean sampled -log π) and `state` (`fade_state`, advanced in place; a fresh one when None).
+    `rewards` [N] replaces the episode rewards (a turn's return-to-go under per-turn credit)."""
+    if rewards is None:
+        rewards = torch.tensor([t.reward for t in trajectories], dtype=torch.float64)
     groups = torch.tensor([t.group_id for t in trajectories], dtype=torch.int64)
     params = dict(preset.scheme_params)
     inputs = {
@@ -75,10 +81,16 @@ def mean_negative_logprob(trajectories: list[Trajectory]) -> float:
 
 
 def per_turn_token_advantages(
-    trajectories: list[Trajectory], tensors: dict[str, Any], gamma: float
+    trajectories: list[Trajectory],
+    tensors: dict[str, Any],
+    gamma: float,
+    preset: Preset,
+    fade_state: FadeState | None = None,
 ) -> Tensor:
-    """[N, L] group-normalised discounted return-to-go of each agent token's turn (the env's step rewards are
-    the per-turn rewards; the last one holds the episode reward)."""
+    """[N, L] advantage of each agent token's turn: the preset's scheme applied, at each turn index, to the
+    discounted return-to-go of the trajectories that reached it (the env's step rewards are the per-turn
+    rewards; the last one holds the episode reward). A scheme with state (FADE) scores every turn from
+    `fade_state` as it was before this batch, and leaves it unchanged."""
     turns = max((len(t.turn_rewards) for t in trajectories), default=0)
     rewards = torch.zeros(len(trajectories), max(turns, 1), dtype=torch.float64)
     mask = torch.zeros_like(rewards, dtype=torch.bool)
@@ -86,7 +98,15 @@ def per_turn_token_advantages(
         rewards[i, : len(t.turn_rewards)] = torch.tensor(t.turn_rewards, dtype=torch.float64)
         mask[i, : len(t.turn_rewards)] = True
     final = torch.zeros(len(trajectories), dtype=torch.float64)
-    per_turn = per_turn_advantages(rewards, mask, final, tensors["group_ids"], gamma=gamma)
+    groups = tensors["group_ids"]
+    returns = turn_returns(rewards, mask, final, groups, gamma=gamma)
+
+    def scheme(rows: Tensor, values: Tensor) -> Tensor:
+        state = copy.deepcopy(fade_state) if fade_state is not None else None
+        subset = [trajectories[i] for i in rows.tolist()]
+        return trajectory_advantages(subset, preset, state, rewards=values)
+
+    per_turn = scheme_turn_advantages(returns, mask, scheme)
     return turn_token_advantages(per_turn, tensors["turn_ids"], tensors["loss_mask"])
 
 
@@ -99,10 +119,11 @@ def step_tensors(
     gamma: float = 1.0,
 ) -> StepTensors:
     """Advantages (advancing `fade_state` for FADE) and padded tensors of the step's episodes."""
+    before = copy.deepcopy(fade_state) if turn_credit == "per_turn" else None
     advantages = trajectory_advantages(trajectories, preset, fade_state)
     tensors = collate(trajectories, pad_token_id=pad_token_id)
     if turn_credit == "per_turn":
-        token_adv = per_turn_token_advantages(trajectories, tensors, gamma)
+        token_adv = per_turn_token_advantages(trajectories, tensors, gamma, preset, before)
     else:
         token_adv = advantages
     return StepTensors(tensors, advantages, token_adv)
