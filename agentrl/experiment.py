@@ -185,8 +185,10 @@ class TrainerSection:
     micro_batch_tokens: padded tokens per forward/backward (gradient accumulation inside a minibatch); one
         episode of `rollout.max_total_tokens` must fit.
     learning_rate: None uses the preset's (full fine-tuning or LoRA).
-    warmup_ratio / lr_schedule: linear warmup over that fraction of optimizer steps, then constant, linear
-        decay to 0 or cosine decay to 0.
+    warmup_ratio / lr_schedule: linear warmup over that fraction of the `steps` training steps, then
+        constant, linear decay to 0 or cosine decay to 0; the schedule moves once per training step, so it
+        ends with the run however many optimizer steps each step took (minibatches, skipped steps).
+        A resumed run trains with its config's `learning_rate`, at the checkpoint's schedule position.
     max_grad_norm: None uses the preset's.
     dynamic_sampling: None uses the preset's (on for dapo): groups whose rewards are all equal are dropped and
         the batch is refilled from the next tasks, at most `max_refill_rounds` times; surplus groups wait in a

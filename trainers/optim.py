@@ -9,15 +9,19 @@ from typing import Any
 import torch
 
 SCHEDULES = ("constant", "linear", "cosine")
+SCHEDULE_UNITS = ("optimizer_step", "update")
 
 
 @dataclass
 class OptimConfig:
     """Optimizer settings of one training phase.
 
-    total_steps: optimizer steps the schedule spans (warmup included).
+    total_steps: schedule steps the schedule spans (warmup included).
     warmup_ratio: linear warmup from 0 over this fraction of `total_steps` (at least one step when > 0).
     schedule: after warmup, `constant`, `linear` decay to 0 or `cosine` decay to 0.
+    schedule_unit: what one schedule step is: `optimizer_step` (every optimizer step taken moves it) or
+        `update` (the caller moves it once per training step, `LocalPolicyWorker.advance_schedule`, however
+        many optimizer steps that step took or skipped, so the schedule ends where the run does).
     """
 
     learning_rate: float
@@ -28,10 +32,13 @@ class OptimConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
     max_grad_norm: float | None = 1.0
+    schedule_unit: str = "optimizer_step"
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
             raise ValueError(f"lr schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.schedule_unit not in SCHEDULE_UNITS:
+            raise ValueError(f"schedule_unit must be one of {SCHEDULE_UNITS}, got {self.schedule_unit!r}")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.learning_rate <= 0 or self.total_steps < 1:
@@ -75,6 +82,19 @@ def build_optimizer(
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config))
     return optimizer, scheduler
+
+
+def set_learning_rate(
+    optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR, config: OptimConfig
+) -> None:
+    """Make `config.learning_rate` the base rate of a restored optimizer and schedule (a checkpoint carries
+    the rate it was saved with), at the schedule's current position."""
+    factor = lr_factor(scheduler.last_epoch, config)
+    scheduler.base_lrs = [config.learning_rate for _ in optimizer.param_groups]
+    for group in optimizer.param_groups:
+        group["initial_lr"] = config.learning_rate
+        group["lr"] = config.learning_rate * factor
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
 
 def _fused_supported(params: list[torch.nn.Parameter]) -> bool | None:

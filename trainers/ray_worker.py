@@ -164,6 +164,9 @@ class PolicyRank:
                 offset += g.numel()
         return worker.optim_step(), worker.steps
 
+    def advance_schedule(self) -> None:
+        self.worker.advance_schedule()
+
     def trainable_state(self) -> dict[str, Tensor]:
         """{name: CPU tensor} of the trainable parameters (what changes between optimizer steps)."""
         return self.worker.trainable_state()
@@ -375,6 +378,10 @@ class RayWorkerGroup:
         metrics, steps = results[0]
         self.steps = int(steps)
         return metrics
+
+    def advance_schedule(self) -> None:
+        """Every rank moves its learning-rate schedule one training step."""
+        self._each("advance_schedule", [() for _ in self.actors])
 
     def trainable_state(self) -> dict[str, Tensor]:
         """Rank 0's trainable parameters by name (CPU)."""

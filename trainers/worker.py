@@ -2,7 +2,8 @@
 
     stats = worker.compute_stats(batch)            # no grad: log π, entropy, C(p) (+ reference log-probs)
     metrics = worker.forward_backward(minibatch)   # accumulate gradients over micro-batches
-    metrics |= worker.optim_step()                 # clip, skip on NaN/inf, step AdamW and the schedule
+    metrics |= worker.optim_step()                 # clip, skip on NaN/inf, step AdamW (and the schedule)
+    worker.advance_schedule()                      # once per training step (`OptimConfig.schedule_unit`)
     worker.sync_weights(generator)                 # the sampler sees the new weights
     worker.save(dir); worker.load(dir)             # weights or adapter, optimizer and schedule
 
@@ -33,7 +34,7 @@ from trainers.forward import TokenWindow, policy_token_stats
 from trainers.logprobs import Processing, TokenStats
 from trainers.losses import LossConfig, policy_loss
 from trainers.model_setup import trainable_parameters
-from trainers.optim import OptimConfig, build_optimizer, clip_and_check
+from trainers.optim import OptimConfig, build_optimizer, clip_and_check, set_learning_rate
 
 Tensor = torch.Tensor
 OPTIMIZER_FILE = "optimizer.pt"
@@ -52,6 +53,8 @@ class PolicyWorker(Protocol):
     def forward_backward(self, batch: PolicyBatch) -> dict[str, float]: ...
 
     def optim_step(self) -> dict[str, float]: ...
+
+    def advance_schedule(self) -> None: ...
 
     def sync_weights(self, generator: Generator) -> None: ...
 
@@ -273,11 +276,18 @@ class LocalPolicyWorker:
         skipped = self._nonfinite or not finite
         if not skipped:
             self.optimizer.step()
-            self.scheduler.step()
+            if self.config.optim.schedule_unit == "optimizer_step":
+                self.scheduler.step()
             self.steps += 1
         self.optimizer.zero_grad(set_to_none=True)
         self._nonfinite = False
         return {"optim/grad_norm": norm, "optim/lr": lr, "optim/skipped": float(skipped)}
+
+    def advance_schedule(self) -> None:
+        """One training step is over: a schedule counted in updates moves one step (with
+        `schedule_unit="optimizer_step"` the optimizer steps have moved it already)."""
+        if self.config.optim.schedule_unit == "update":
+            self.scheduler.step()
 
     def sync_weights(self, generator: Generator) -> None:
         """Bring `generator` to this worker's weights at policy version `steps`."""
@@ -311,12 +321,15 @@ class LocalPolicyWorker:
         torch.save(state, target / OPTIMIZER_FILE)
 
     def load(self, directory: str | Path) -> None:
-        """Restore what `save` wrote into this worker's model and optimizer."""
+        """Restore what `save` wrote into this worker's model and optimizer. The learning rate is this
+        worker's config's (a resumed run with another `trainer.learning_rate` trains with the new one), at
+        the restored schedule position."""
         source = Path(directory)
         load_weights(self.model, source / WEIGHTS_DIR)
         state = torch.load(source / OPTIMIZER_FILE, map_location="cpu", weights_only=False)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        set_learning_rate(self.optimizer, self.scheduler, self.config.optim)
         self.steps = int(state["steps"])
 
 

@@ -455,6 +455,7 @@ class Trainer:
             metrics["update/skipped_no_groups"] = 1.0
             self.display.note(f"step {step}: no group with a learning signal; no update")
         update_s = time.perf_counter() - update_started
+        self.worker.advance_schedule()
         self.worker.sync_weights(self.generator)
         self.state.policy_version = self.worker.steps
         self.state.step = step

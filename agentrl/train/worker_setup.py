@@ -11,8 +11,9 @@ from trainers.worker import WorkerConfig
 
 
 def worker_config(cfg: ExperimentConfig, recipe: Recipe | None = None) -> WorkerConfig:
-    """RL (`recipe` given): the recipe's learning rate, clip and loss, a schedule over every optimizer step
-    of the run (`steps x epochs x minibatches`) and the sampler's processing for recomputed log-probs.
+    """RL (`recipe` given): the recipe's learning rate, clip and loss, a schedule over the run's
+    `trainer.steps` training steps (moved once per step, so it ends at the last step whatever number of
+    optimizer steps each took) and the sampler's processing for recomputed log-probs.
     SFT (`recipe` None): the `sft` section's optimizer over `sft.steps`, the default loss and processing
     (its batches are of kind `sft`). Both take the `trainer` section's batching."""
     t, s, r = cfg.trainer, cfg.sft, cfg.rollout
@@ -24,9 +25,9 @@ def worker_config(cfg: ExperimentConfig, recipe: Recipe | None = None) -> Worker
         loss, processing = LossConfig(), Processing()
     else:
         optim = OptimConfig(
-            learning_rate=recipe.learning_rate, total_steps=t.steps * t.epochs * t.minibatches,
-            warmup_ratio=t.warmup_ratio, schedule=t.lr_schedule, weight_decay=t.weight_decay,
-            betas=list(t.adam_betas), max_grad_norm=recipe.max_grad_norm,
+            learning_rate=recipe.learning_rate, total_steps=t.steps, warmup_ratio=t.warmup_ratio,
+            schedule=t.lr_schedule, weight_decay=t.weight_decay, betas=list(t.adam_betas),
+            max_grad_norm=recipe.max_grad_norm, schedule_unit="update",
         )  # fmt: skip
         loss, processing = recipe.loss, Processing(r.temperature, r.top_k, r.top_p)
     return WorkerConfig(

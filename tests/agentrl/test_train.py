@@ -291,3 +291,30 @@ def test_train_cli_help_and_errors() -> None:
     quickstart = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
     out = runner.invoke(app, ["train", str(quickstart), "algorithm.preset=grpoo"])
     assert out.exit_code == 2 and "Did you mean 'grpo'" in out.output.replace("\n", "")
+
+
+def test_linear_schedule_ends_with_the_run_whatever_optimizer_steps_it_took(
+    tiny_dir: Path, tmp_path: Path
+) -> None:
+    """Minibatches reduced to the groups present and steps without any group still move the schedule one
+    training step each, so a linear decay reaches its last step (1/steps of the rate), not 56% of it."""
+    cfg = config(
+        tiny_dir, tmp_path, "trainer.lr_schedule=linear", "trainer.minibatches=2", "trainer.steps=5",
+        "trainer.dynamic_sampling=true", "trainer.max_refill_rounds=0", "trainer.learning_rate=0.01",
+    )  # fmt: skip
+    result = train(cfg, display=quiet())
+    rows = [r for r in read_metrics(result.run_dir / "metrics.jsonl") if r.get("phase") == "rl"]
+    short = [r for r in rows if r.get("update/skipped_no_groups") or r.get("update/minibatches") == 1.0]
+    assert short, "the test needs a step with fewer optimizer steps than planned"
+    for row in rows:
+        if "optim/lr" in row:
+            assert row["optim/lr"] == pytest.approx(0.01 * (1 - (row["step"] - 1) / 5))
+
+
+def test_resume_with_another_learning_rate_trains_with_it(tiny_dir: Path, tmp_path: Path) -> None:
+    first = train(config(tiny_dir, tmp_path, "trainer.save_every=2"), display=quiet(), stop_after=2)
+    cfg = config(tiny_dir, tmp_path, "trainer.save_every=2", "trainer.learning_rate=0.002")
+    resumed = train(cfg, resume=str(first.run_dir), display=quiet())
+    rows = [r for r in read_metrics(resumed.run_dir / "metrics.jsonl") if r.get("phase") == "rl"]
+    lrs = {int(r["step"]): r["optim/lr"] for r in rows if "optim/lr" in r}
+    assert lrs[1] == pytest.approx(0.05) and lrs[3] == pytest.approx(0.002) and lrs[4] == pytest.approx(0.002)
