@@ -8,6 +8,8 @@ final hidden states in chunks without ever materialising the full logits.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -128,6 +130,30 @@ def _with_lora(model: Any, spec: TrainableSpec) -> Any:
 def trainable_parameters(model: Any) -> list[tuple[str, torch.nn.Parameter]]:
     """(name, parameter) pairs that train, in a fixed order (the optimizer's and the checkpoint's)."""
     return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+
+def trainable_snapshot(model: Any) -> dict[str, torch.Tensor]:
+    """{name: detached copy} of the trainable parameters (on their device): the policy as it is now, as a
+    reference that shares every frozen weight with `model`."""
+    return {name: p.detach().clone() for name, p in trainable_parameters(model)}
+
+
+@contextlib.contextmanager
+def trainable_weights_swapped(model: Any, weights: dict[str, torch.Tensor]) -> Iterator[None]:
+    """Run `model` with `weights` (a `trainable_snapshot`) in place of its trainable parameters; the
+    parameters' own tensors are back on exit. Pointers are swapped, nothing is copied."""
+    params = dict(trainable_parameters(model))
+    missing = sorted(set(params) - set(weights))
+    if missing:
+        raise ValueError(f"reference weights lack trainable parameters {missing[:5]}")
+    own = {name: p.data for name, p in params.items()}
+    try:
+        for name, p in params.items():
+            p.data = weights[name].to(device=p.device, dtype=p.dtype)
+        yield
+    finally:
+        for name, p in params.items():
+            p.data = own[name]
 
 
 def parameter_counts(model: Any) -> dict[str, int]:

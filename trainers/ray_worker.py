@@ -112,7 +112,9 @@ class PolicyRank:
         self.device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
         model = _materialize(model).to(self.device)
         reference = _materialize(reference)
-        if reference is not None:
+        if isinstance(reference, dict):
+            reference = {name: t.to(self.device) for name, t in reference.items()}
+        elif reference is not None:
             reference = reference.to(self.device)
         self.worker = LocalPolicyWorker(model, config, reference=reference)
         self.rank = -1
@@ -243,8 +245,8 @@ class RayWorkerGroup:
             that builds it inside the actor (on a cluster: load from a path every node can read).
         config: the worker config every rank uses.
         num_workers: ranks.
-        reference: the frozen reference model (or a callable building it) for a KL penalty with full
-            fine-tuning.
+        reference: the KL penalty's reference: a frozen model (or a callable building it), or a
+            `trainable_snapshot` of `model` (see `LocalPolicyWorker`).
         use_gpus: None picks GPUs when the cluster has any; True / False forces it.
         gpu_share: the fraction of its GPU each rank's actor claims in Ray's accounting (0.5 when vLLM
             engines are colocated in the same placement-group bundles).

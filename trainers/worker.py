@@ -33,7 +33,7 @@ from trainers.filters import FilterInputs, taxonomy_masks
 from trainers.forward import TokenWindow, policy_token_stats
 from trainers.logprobs import Processing, TokenStats
 from trainers.losses import LossConfig, policy_loss
-from trainers.model_setup import trainable_parameters
+from trainers.model_setup import trainable_parameters, trainable_weights_swapped
 from trainers.optim import OptimConfig, build_optimizer, clip_and_check, set_learning_rate
 
 Tensor = torch.Tensor
@@ -138,8 +138,9 @@ class LocalPolicyWorker:
     Args:
         model: the module to train, already prepared (`trainers.model_setup.prepare_for_training`).
         config: optimizer, loss, sampling processing and batching.
-        reference: a frozen reference model for the KL penalty (full fine-tuning); with LoRA the base model
-            with adapters disabled serves as the reference, so None is fine there.
+        reference: the KL penalty's reference policy: a frozen module, or a `trainable_snapshot` of `model`
+            ({name: tensor} of its trainable parameters, e.g. taken after an SFT cold start; the frozen
+            weights are shared). None with LoRA: the base model with adapters disabled.
     """
 
     def __init__(self, model: Any, config: WorkerConfig, reference: Any = None) -> None:
@@ -164,6 +165,8 @@ class LocalPolicyWorker:
         )
 
     def _reference_context(self) -> Any:
+        if isinstance(self.reference, dict):
+            return self.model, trainable_weights_swapped(self.model, self.reference)
         disable = getattr(self.model, "disable_adapter", None)
         if self.reference is None and callable(disable):
             return self.model, disable()

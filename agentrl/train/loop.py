@@ -182,7 +182,8 @@ class Trainer:
         self.display.note(f"loading {cfg.model.name}")
         model, self.tokenizer = load_policy(cfg, trains_here=True)
         spec = TrainableSpec.from_section(cfg.finetune)
-        with_reference = self.recipe.loss.kl_coef != 0 and cfg.finetune.mode == "full"
+        after_sft = cfg.sft.enabled and self.state.phase != "sft"
+        with_reference = self.recipe.loss.kl_coef != 0 and cfg.finetune.mode == "full" and not cfg.sft.enabled
         self.reference: Any = None
         if model is None:  # vLLM engines load their own weights; the workers load theirs in their actors
             from agentrl.train.cluster import TrainableModel
@@ -201,6 +202,8 @@ class Trainer:
             if with_reference:
                 self.reference, _ = load_policy(cfg, trains_here=True)
                 self.reference.requires_grad_(False)
+            if after_sft and self.recipe.loss.kl_coef != 0:
+                self.reference = self._saved_reference()
         self.display.note(f"loading tasks ({cfg.data.dataset})")
         kwargs = env_kwargs_for(cfg)
         self.tasks = section_tasks(cfg, cfg.data, kwargs)
@@ -238,6 +241,30 @@ class Trainer:
             config=to_dict(cfg), wandb_id=self.state.wandb_id,
         )  # fmt: skip
         self.state.wandb_id = self.writer.wandb_run_id
+
+    def _keep_reference(self) -> None:
+        """After the SFT cold start, a KL penalty's reference is the SFT'd policy: its trainable tensors are
+        kept (and written once to the run directory, for a resumed run)."""
+        if self.recipe.loss.kl_coef == 0:
+            return
+        from trainers.model_setup import trainable_snapshot
+
+        self.reference = trainable_snapshot(self.model)
+        run_state.save_reference(self.run_dir, self.reference)
+
+    def _saved_reference(self) -> Any:
+        """The SFT'd reference of a resumed run (see `_keep_reference`)."""
+        reference = run_state.load_reference(self.run_dir)
+        if reference is None:
+            self.display.note(
+                f"[yellow]no SFT reference in {self.run_dir}[/]: the KL penalty's reference is the base model"
+            )
+            if self.cfg.finetune.mode == "full":
+                from agentrl.rollout.setup import load_policy
+
+                reference, _ = load_policy(self.cfg, trains_here=True)
+                reference.requires_grad_(False)
+        return reference
 
     def _rl_worker(self) -> PolicyWorker:
         """The RL phase's worker: in-process, or (`trainer.num_workers` >= 1) a Ray worker group that starts
@@ -424,6 +451,7 @@ class Trainer:
             ))  # fmt: skip
             if self.eval_tasks is not None:
                 self._evaluate("after SFT")
+            self._keep_reference()
         self.state.phase = "rl"
         if self.worker is None or cfg.sft.enabled:  # vLLM engines keep the group they are colocated with
             self.worker = self._rl_worker()

@@ -4,6 +4,7 @@
         config.yaml            the resolved config
         metrics.jsonl          one line per step (phase `sft`, `rl` or `eval`)
         trajectories/          the episodes of each step (step-000001.jsonl, ...)
+        reference.safetensors  the KL penalty's reference after an SFT cold start (its trainable tensors)
         checkpoints/step-000004/
             model/             weights or LoRA adapter (safetensors) + tokenizer: from_pretrained-loadable
             optimizer.pt       optimizer and learning-rate schedule
@@ -36,6 +37,7 @@ STATE_FILE = "trainer_state.json"
 BUFFER_FILE = "buffer.jsonl"
 RNG_FILE = "rng.pt"
 CHECKPOINTS = "checkpoints"
+REFERENCE_FILE = "reference.safetensors"
 
 MATH_FIELDS = (
     "seed",
@@ -182,6 +184,25 @@ def check_resume_config(old: dict[str, Any], cfg: ExperimentConfig, force: bool)
             f"{listing}\npass --force to resume anyway"
         )
     return differences
+
+
+def save_reference(run_dir: Path, weights: dict[str, torch.Tensor]) -> Path:
+    """Write the KL reference kept after SFT (trainable tensors by name) to `reference.safetensors`."""
+    from safetensors.torch import save_file
+
+    target = run_dir / REFERENCE_FILE
+    partial = target.with_name(target.name + ".partial")
+    save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, str(partial))
+    partial.replace(target)
+    return target
+
+
+def load_reference(run_dir: Path) -> dict[str, torch.Tensor] | None:
+    """`save_reference`'s tensors, or None when the run has none."""
+    from safetensors.torch import load_file
+
+    path = run_dir / REFERENCE_FILE
+    return load_file(str(path)) if path.is_file() else None
 
 
 def write_config(run_dir: Path, cfg: ExperimentConfig) -> None:

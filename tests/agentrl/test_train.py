@@ -318,3 +318,24 @@ def test_resume_with_another_learning_rate_trains_with_it(tiny_dir: Path, tmp_pa
     rows = [r for r in read_metrics(resumed.run_dir / "metrics.jsonl") if r.get("phase") == "rl"]
     lrs = {int(r["step"]): r["optim/lr"] for r in rows if "optim/lr" in r}
     assert lrs[1] == pytest.approx(0.05) and lrs[3] == pytest.approx(0.002) and lrs[4] == pytest.approx(0.002)
+
+
+@pytest.mark.parametrize("mode", ["full", "lora"])
+def test_kl_reference_is_the_policy_after_the_sft_cold_start(
+    tiny_dir: Path, tmp_path: Path, mode: str
+) -> None:
+    """On-policy, the first RL step's policy is the SFT'd one, so its KL to the reference is 0; the reference
+    survives a resume."""
+    cfg = config(
+        tiny_dir, tmp_path, f"finetune.mode={mode}", "algorithm.loss.kl_coef=0.1", "sft.enabled=true",
+        "sft.source=rejection", "sft.min_reward=0.25", "sft.steps=3", "sft.batch_size=2",
+        "sft.learning_rate=0.05", "sft.data.dataset=env", "sft.data.num_tasks=4", "trainer.steps=2",
+        "trainer.save_every=1",
+    )  # fmt: skip
+    first = train(cfg, display=quiet(), stop_after=1)
+    rows = [r for r in read_metrics(first.run_dir / "metrics.jsonl") if r.get("phase") == "rl"]
+    assert rows[0]["kl/reference"] < 1e-6
+    assert (first.run_dir / "reference.safetensors").is_file()
+    resumed = train(cfg, resume=str(first.run_dir), display=quiet())
+    rows = [r for r in read_metrics(resumed.run_dir / "metrics.jsonl") if r.get("phase") == "rl"]
+    assert 0 < rows[1]["kl/reference"] < 0.05
