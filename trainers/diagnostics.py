@@ -5,6 +5,7 @@ Shapes follow `trainers.losses`: masks and per-token values are [B, T], rewards 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -75,6 +76,18 @@ def approx_kl(logp: Tensor, old_logp: Tensor, loss_mask: Tensor) -> dict[str, fl
 def entropy_stats(entropy: Tensor, loss_mask: Tensor) -> dict[str, float]:
     """Mean token entropy over loss tokens."""
     return {"entropy/mean": _masked_mean(entropy, loss_mask)}
+
+
+def sampled_entropy(logprobs: list[list[float]], loss_masks: list[list[int]]) -> dict[str, float]:
+    """Entropy estimate over every sampled agent token: the mean of -log π(y_t) under the sampler, one list
+    per episode (E[-log π(y)] = H(π) for y ~ π)."""
+    total, count = 0.0, 0
+    for lps, mask in zip(logprobs, loss_masks, strict=True):
+        for lp, m in zip(lps, mask, strict=True):
+            if m and math.isfinite(lp):
+                total -= lp
+                count += 1
+    return {"entropy/mean": total / count if count else 0.0, "entropy/sampled_tokens": float(count)}
 
 
 def sequence_entropy(logp: Tensor, loss_mask: Tensor) -> float:

@@ -508,6 +508,9 @@ class Trainer:
             rewards = torch.tensor([e.reward for e in episodes], dtype=torch.float64)
             groups = torch.tensor([e.group_id for e in episodes])
             out.update(diagnostics.reward_stats(rewards, groups))
+            out.update(
+                diagnostics.sampled_entropy([e.logprobs for e in episodes], [e.loss_mask for e in episodes])
+            )
             out.update(summarize(episodes, "episode/"))
             for reason, n in Counter(e.finish_reason for e in episodes).items():
                 out[f"finish/{reason}"] = n / len(episodes)

@@ -38,7 +38,6 @@ class UpdateTotals:
         out: dict[str, Any] = finalize_metrics(self.sums)
         out.pop("logprob_gap/mean", None)
         out.pop("logprob_gap/max", None)
-        out["entropy/mean"] = out.get("entropy/trained_tokens", 0.0)
         out["optim/grad_norm"] = self.optim.get("optim/grad_norm", 0.0) / optimizer_steps
         out["optim/lr"] = self.optim.get("optim/lr", 0.0)
         out["optim/skipped_steps"] = self.optim.get("optim/skipped", 0.0)

@@ -339,3 +339,17 @@ def test_kl_reference_is_the_policy_after_the_sft_cold_start(
     resumed = train(cfg, resume=str(first.run_dir), display=quiet())
     rows = [r for r in read_metrics(resumed.run_dir / "metrics.jsonl") if r.get("phase") == "rl"]
     assert 0 < rows[1]["kl/reference"] < 0.05
+
+
+def test_entropy_mean_covers_every_sampled_agent_token(tiny_dir: Path, tmp_path: Path) -> None:
+    """Rows of groups without signal are not trained, but their sampled tokens count in `entropy/mean`."""
+    from agentrl.rollout.io import read_trajectories
+
+    result = train(config(tiny_dir, tmp_path, "trainer.steps=2"), display=quiet())
+    rows = [r for r in read_metrics(result.run_dir / "metrics.jsonl") if r.get("phase") == "rl"]
+    assert any(r.get("update/rows_skipped", 0) > 0 for r in rows), "the test needs untrained rows"
+    for row in rows:
+        episodes = read_trajectories(result.run_dir / "trajectories" / f"step-{row['step']:06d}.jsonl")
+        sampled = [-lp for e in episodes for lp, m in zip(e.logprobs, e.loss_mask, strict=True) if m]
+        assert row["entropy/mean"] == pytest.approx(sum(sampled) / len(sampled))
+        assert row["entropy/sampled_tokens"] == len(sampled)
