@@ -44,6 +44,7 @@ from agentrl.train.run_state import TrainState
 from agentrl.train.sampling import StepSampler
 from agentrl.train.step_batch import (
     StepTensors,
+    behaviour_old_logprobs,
     needs_stats,
     pad_token_id,
     policy_minibatch,
@@ -535,8 +536,11 @@ class Trainer:
         st = step_tensors(trajectories, preset, pad, self.fade, t.turn_credit, t.turn_gamma)
         out = self._advantage_metrics(st)
         stats = self._statistics(st, out)
-        recompute = t.epochs > 1 or t.minibatches > 1
-        old = stats["logprobs"] if recompute and stats is not None else st.tensors["old_logprobs"]
+        old = st.tensors["old_logprobs"]
+        if (t.epochs > 1 or t.minibatches > 1) and stats is not None:
+            versions = torch.tensor([e.policy_version for e in trajectories])
+            old, stale = behaviour_old_logprobs(stats["logprobs"], old, versions, self.worker.steps)
+            out["update/stale_rows"] = float(stale.sum())
         head_before = self._head_weight() if t.log_rank1 else None
         groups = int(torch.unique(st.tensors["group_ids"]).numel())
         minibatches = math.gcd(groups, t.minibatches)

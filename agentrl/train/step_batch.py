@@ -135,6 +135,17 @@ def needs_stats(preset: Preset, epochs: int, minibatches: int) -> bool:
     return epochs > 1 or minibatches > 1 or bool(preset.filters) or preset.loss.kl_coef != 0
 
 
+def behaviour_old_logprobs(
+    recomputed: Tensor, sampled: Tensor, versions: Tensor, current_version: int
+) -> tuple[Tensor, Tensor]:
+    """Old log-probs [N, L] for an update that recomputed them at the current weights: rows sampled by an
+    earlier policy (`versions` [N] < `current_version`, e.g. dynamic-sampling groups held over from earlier
+    steps) keep their sampler log-probs `sampled`, so the ratio measures how far they are off-policy; the
+    others take `recomputed`. Returns (old log-probs, [N] bool stale rows)."""
+    stale = versions < current_version
+    return torch.where(stale[:, None], sampled, recomputed), stale
+
+
 def policy_minibatch(
     step: StepTensors,
     rows: list[int],

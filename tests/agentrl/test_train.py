@@ -353,3 +353,47 @@ def test_entropy_mean_covers_every_sampled_agent_token(tiny_dir: Path, tmp_path:
         sampled = [-lp for e in episodes for lp, m in zip(e.logprobs, e.loss_mask, strict=True) if m]
         assert row["entropy/mean"] == pytest.approx(sum(sampled) / len(sampled))
         assert row["entropy/sampled_tokens"] == len(sampled)
+
+
+def test_groups_held_over_from_earlier_steps_keep_their_sampler_logprobs(
+    tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With old log-probs recomputed (2 epochs), a buffered group sampled by an earlier policy version is
+    trained against the log-probs it was sampled with, not against the current weights (ratio 1)."""
+    seen: list[tuple[list[int], torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    make = loop.policy_minibatch
+
+    def recording(st, rows, preset, old, stats):
+        batch, filtered = make(st, rows, preset, old, stats)
+        seen.append((rows, batch.old_logprobs, st.tensors["old_logprobs"][rows], stats["logprobs"][rows]))
+        return batch, filtered
+
+    versions: list[list[int]] = []
+    tensors = loop.step_tensors
+
+    def recording_tensors(trajectories, *args):
+        versions.append([t.policy_version for t in trajectories])
+        return tensors(trajectories, *args)
+
+    monkeypatch.setattr(loop, "policy_minibatch", recording)
+    monkeypatch.setattr(loop, "step_tensors", recording_tensors)
+    cfg = config(
+        tiny_dir, tmp_path, "trainer.dynamic_sampling=true", "trainer.oversample=3.0", "trainer.epochs=2",
+        "trainer.steps=4", "trainer.batch_size=1", "data.num_tasks=16",
+    )  # fmt: skip
+    result = train(cfg, display=quiet())
+    rows = [r for r in read_metrics(result.run_dir / "metrics.jsonl") if r.get("phase") == "rl"]
+    assert sum(r.get("update/stale_rows", 0) for r in rows) > 0, "the test needs a held-over group"
+    version_after = {int(r["step"]): int(r["perf/policy_version"]) for r in rows}
+    updated = [int(r["step"]) for r in rows if not r.get("update/skipped_no_groups")]
+    current_of_update = [version_after.get(step - 1, 0) for step in updated]
+    stale_checked = 0
+    for step_versions, current, (rows_, old, sampler, recomputed) in zip(
+        [v for v in versions for _ in range(2)], [c for c in current_of_update for _ in range(2)], seen,
+        strict=True,
+    ):  # fmt: skip
+        for j, r in enumerate(rows_):
+            expected = sampler[j] if step_versions[r] < current else recomputed[j]
+            torch.testing.assert_close(old[j], expected)
+            stale_checked += step_versions[r] < current
+    assert stale_checked
