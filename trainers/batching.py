@@ -17,7 +17,10 @@ import torch
 from trainers.losses import LossNormalizer
 
 Tensor = torch.Tensor
-TOKEN_FIELDS = ("attention_mask", "loss_mask", "old_logprobs", "token_weights", "ref_logprobs", "count_mask")
+TOKEN_FIELDS = (
+    "attention_mask", "loss_mask", "old_logprobs", "token_weights", "ref_logprobs", "count_mask",
+    "behaviour_logprobs",
+)  # fmt: skip
 
 
 @dataclass
@@ -39,6 +42,10 @@ class PolicyBatch:
         prompt_lengths: optional [B] leading prompt tokens (episodes of one task share them, so the forward
             can run each prompt once).
         kind: `policy` (the configured RL loss) or `sft` (negative log-likelihood of the loss tokens).
+        behaviour_logprobs: optional [B, L] sampler log-probs when `old_logprobs` were recomputed by the
+            trainer and the loss corrects off-policy samples (`LossConfig.offpolicy`). Without them, a
+            correcting loss takes the sampler's log-probs from `old_logprobs` and π_old from the forward
+            itself (one optimizer step per batch: the weights are π_old's).
     """
 
     input_ids: Tensor
@@ -53,6 +60,7 @@ class PolicyBatch:
     count_mask: Tensor | None = None
     prompt_lengths: Tensor | None = None
     kind: str = "policy"
+    behaviour_logprobs: Tensor | None = None
 
     def __post_init__(self) -> None:
         b, length = self.input_ids.shape

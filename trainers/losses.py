@@ -12,6 +12,7 @@ micro-batch gradients equals the full-minibatch gradient.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,7 @@ AGGREGATIONS = (
     "renormalized_kept",
 )
 RATIOS = ("token", "sequence", "wapo")
+OFFPOLICY_MODES = ("none", "token_truncate", "sequence_truncate", "token_mask", "sequence_mask")
 
 
 def _tokenwise(adv: Tensor, like: Tensor) -> Tensor:
@@ -81,6 +83,53 @@ def ppo_token_loss(
         "dual_clipped": dual.detach(),
     }
     return -obj, info
+
+
+def offpolicy_weights(
+    old_logp: Tensor,
+    behaviour_logp: Tensor,
+    loss_mask: Tensor,
+    mode: str,
+    *,
+    cap: float = 2.0,
+    floor: float | None = None,
+    log_ratio_clip: float = 20.0,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Importance weights [B, T] that correct samples drawn by another policy or precision (the sampler,
+    `behaviour_logp`) toward the policy the update starts from (`old_logp`); no gradient flows through them.
+
+    With w_t = π_old(y_t) / π_behaviour(y_t) and, per sequence, w_i = Π_t w_t over its loss tokens:
+
+    * `token_truncate`: min(w_t, cap) (truncated importance sampling, TIS);
+    * `sequence_truncate`: min(w_i, cap) on every token of sequence i;
+    * `token_mask`: 1 where floor <= w_t <= cap, else 0 (masked importance sampling, MIS);
+    * `sequence_mask`: 1 on every token of sequence i when floor <= w_i <= cap, else 0;
+    * `none`: 1.
+
+    `floor` defaults to 1/cap. log w is clamped to ±log_ratio_clip before exp. Returns the weights (0 off
+    `loss_mask`) and `raw` (w_t or w_i broadcast, before truncation or masking), `truncated`, `masked`
+    ([B, T] bool).
+    """
+    if mode not in OFFPOLICY_MODES:
+        raise ValueError(f"unknown off-policy correction {mode!r}; valid: {', '.join(OFFPOLICY_MODES)}")
+    low = 1.0 / cap if floor is None else floor
+    m = loss_mask.to(torch.float64)
+    log_w = (old_logp.detach().double() - behaviour_logp.detach().double()) * m
+    if mode.startswith("sequence"):
+        log_w = log_w.sum(-1, keepdim=True).expand_as(log_w)
+    raw = log_w.clamp(-log_ratio_clip, log_ratio_clip).exp()
+    on = loss_mask.bool()
+    none = torch.zeros_like(on)
+    if mode.endswith("truncate"):
+        truncated = (raw > cap) & on
+        weights, masked = raw.clamp(max=cap), none
+    elif mode.endswith("mask"):
+        masked = ((raw > cap) | (raw < low)) & on
+        weights, truncated = (~masked).double(), none
+    else:
+        weights, truncated, masked = torch.ones_like(raw), none, none
+    weights, raw = (weights * m).to(old_logp.dtype), (raw * m).to(old_logp.dtype)
+    return weights, {"raw": raw, "truncated": truncated, "masked": masked}
 
 
 def sequence_log_ratio(
@@ -296,6 +345,11 @@ class LossConfig:
         active_groups_only: `fixed_length` counts only groups with a nonzero advantage.
         kl_coef, kl_estimator: KL(π ‖ π_ref) penalty (coefficient 0 disables it).
         entropy_coef: entropy bonus (subtracted from the loss).
+        offpolicy: importance correction of samples whose log-probs come from another policy or precision
+            (`offpolicy_weights`: `none`, `token_truncate`, `sequence_truncate`, `token_mask`,
+            `sequence_mask`); each token's loss is multiplied by its weight.
+        offpolicy_cap: the truncation cap, and the mask's upper threshold.
+        offpolicy_floor: the mask's lower threshold (None: 1 / offpolicy_cap).
     """
 
     ratio: str = "token"
@@ -309,8 +363,18 @@ class LossConfig:
     kl_coef: float = 0.0
     kl_estimator: str = "k3"
     entropy_coef: float = 0.0
+    offpolicy: str = "none"
+    offpolicy_cap: float = 2.0
+    offpolicy_floor: float | None = None
 
     def __post_init__(self) -> None:
+        if self.offpolicy not in OFFPOLICY_MODES:
+            raise ValueError(f"unknown offpolicy {self.offpolicy!r}; valid: {', '.join(OFFPOLICY_MODES)}")
+        if not 1.0 <= self.offpolicy_cap < math.inf:
+            raise ValueError(f"offpolicy_cap must be a finite number >= 1, got {self.offpolicy_cap}")
+        floor = self.offpolicy_floor
+        if floor is not None and not 0.0 <= floor <= 1.0:
+            raise ValueError(f"offpolicy_floor must lie in [0, 1] (or be null), got {floor}")
         if self.ratio not in RATIOS:
             raise ValueError(f"unknown ratio {self.ratio!r}; valid: {', '.join(RATIOS)}")
         if self.aggregation not in AGGREGATIONS:
@@ -351,6 +415,7 @@ def policy_loss(
     ref_logp: Tensor | None = None,
     entropy: Tensor | None = None,
     count_mask: Tensor | None = None,
+    behaviour_logp: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Scalar loss of one micro-batch; summing it over the step's micro-batches gives the minibatch loss.
 
@@ -368,13 +433,23 @@ def policy_loss(
         count_mask: [b, T] tokens that each sequence's length |y_i| counts under `seq_mean_token_mean`
             (default: `loss_mask`); pass the filters' `FilterResult.count_mask` rows, so that
             `renormalize=False` keeps every original loss token in the denominator.
+        behaviour_logp: [b, T] the sampler's log-probs, when `config.offpolicy` corrects toward `old_logp`
+            (`offpolicy_weights`; None: no correction).
 
     Returns:
-        (loss, info): info holds the per-token loss pieces (`policy`, `kl`, `ratio`, clip masks).
+        (loss, info): info holds the per-token loss pieces (`policy`, `kl`, `ratio`, clip masks, and with a
+        correction `offpolicy_raw`, `offpolicy_truncated`, `offpolicy_masked`).
     """
     token_loss, info = token_policy_loss(config, logp, old_logp, advantages, loss_mask)
     if token_weights is not None:
         token_loss = token_loss * token_weights.to(token_loss.dtype)
+    if config.offpolicy != "none" and behaviour_logp is not None:
+        weights, pieces = offpolicy_weights(
+            old_logp, behaviour_logp, loss_mask, config.offpolicy, cap=config.offpolicy_cap,
+            floor=config.offpolicy_floor, log_ratio_clip=config.log_ratio_clip,
+        )  # fmt: skip
+        token_loss = token_loss * weights.to(token_loss.dtype)
+        info.update({f"offpolicy_{k}": v for k, v in pieces.items()})
     info["policy"] = token_loss.detach()
     total = token_loss
     if config.kl_coef != 0:

@@ -113,6 +113,9 @@ def finalize_metrics(sums: dict[str, float]) -> dict[str, float]:
         "entropy_sum": "entropy/trained_tokens",
         "gap_sum": "logprob_gap/mean",
         "nll_sum": "sft/nll",
+        "offpolicy_ratio_sum": "offpolicy/ratio_mean",
+        "offpolicy_truncated_sum": "offpolicy/truncated_fraction",
+        "offpolicy_masked_sum": "offpolicy/masked_fraction",
     }
     for key, name in names.items():
         if key in sums:
@@ -122,7 +125,9 @@ def finalize_metrics(sums: dict[str, float]) -> dict[str, float]:
             out[f"taxonomy/{cell}"] = sums[f"taxonomy_{cell}_sum"] / n
     if "clip_low_sum" in sums:
         out["loss/clip_frac"] = (sums["clip_low_sum"] + sums["clip_high_sum"]) / n
-    for key, name in (("ratio_max", "ratio/max"), ("ratio_min", "ratio/min"), ("gap_max", "logprob_gap/max")):
+    maxima = (("ratio_max", "ratio/max"), ("ratio_min", "ratio/min"), ("gap_max", "logprob_gap/max"),
+              ("offpolicy_ratio_max", "offpolicy/ratio_max"))  # fmt: skip
+    for key, name in maxima:
         if key in sums:
             out[name] = sums[key]
     out["loss/nonfinite_micro_batches"] = sums.get("nonfinite", 0.0)
@@ -248,9 +253,16 @@ class LocalPolicyWorker:
             tw = None if micro.token_weights is None else take(micro.token_weights)
             ref = None if micro.ref_logprobs is None else take(micro.ref_logprobs)
             counted = None if micro.count_mask is None else take(micro.count_mask)
+            behaviour, loss_old = None, old
+            if self.config.loss.offpolicy != "none":
+                if micro.behaviour_logprobs is not None:
+                    behaviour = take(micro.behaviour_logprobs)
+                else:
+                    behaviour, loss_old = old, logp.detach()
             loss, info = policy_loss(
-                self.config.loss, micro.normalizer, logp, old, adv, m, group_ids=micro.group_ids.to(dev),
+                self.config.loss, micro.normalizer, logp, loss_old, adv, m, group_ids=micro.group_ids.to(dev),
                 token_weights=tw, ref_logp=ref, entropy=stats.entropy, count_mask=counted,
+                behaviour_logp=behaviour,
             )  # fmt: skip
         metrics = _micro_metrics(logp.detach(), old, m, stats.entropy.detach(), info)
         if micro.kind == "sft":
@@ -400,6 +412,12 @@ def _micro_metrics(
             out["dual_sum"] = float(info["dual_clipped"][m].double().sum())
     if "kl" in info:
         out["ref_kl_sum"] = float(info["kl"][m].double().sum())
+    if "offpolicy_raw" in info:
+        raw = info["offpolicy_raw"][m].double()
+        out["offpolicy_ratio_sum"] = float(raw.sum())
+        out["offpolicy_ratio_max"] = float(raw.max()) if n else 1.0
+        out["offpolicy_truncated_sum"] = float(info["offpolicy_truncated"][m].double().sum())
+        out["offpolicy_masked_sum"] = float(info["offpolicy_masked"][m].double().sum())
     if not math.isfinite(out["entropy_sum"]):
         out["entropy_sum"] = 0.0
     return out

@@ -536,11 +536,14 @@ class Trainer:
         st = step_tensors(trajectories, preset, pad, self.fade, t.turn_credit, t.turn_gamma)
         out = self._advantage_metrics(st)
         stats = self._statistics(st, out)
-        old = st.tensors["old_logprobs"]
+        old, behaviour = st.tensors["old_logprobs"], None
         if (t.epochs > 1 or t.minibatches > 1) and stats is not None:
-            versions = torch.tensor([e.policy_version for e in trajectories])
-            old, stale = behaviour_old_logprobs(stats["logprobs"], old, versions, self.worker.steps)
-            out["update/stale_rows"] = float(stale.sum())
+            if preset.loss.offpolicy != "none":  # the correction weighs every row toward the recomputed π_old
+                old, behaviour = stats["logprobs"], old
+            else:
+                versions = torch.tensor([e.policy_version for e in trajectories])
+                old, stale = behaviour_old_logprobs(stats["logprobs"], old, versions, self.worker.steps)
+                out["update/stale_rows"] = float(stale.sum())
         head_before = self._head_weight() if t.log_rank1 else None
         groups = int(torch.unique(st.tensors["group_ids"]).numel())
         minibatches = math.gcd(groups, t.minibatches)
@@ -550,7 +553,7 @@ class Trainer:
         for epoch in range(t.epochs):
             gen = torch.Generator().manual_seed(derive_seed(self.cfg.seed, "minibatches", step, epoch))
             for index, rows in enumerate(split_minibatches(st.tensors["group_ids"], minibatches, gen)):
-                batch, filtered = policy_minibatch(st, rows, preset, old, stats)
+                batch, filtered = policy_minibatch(st, rows, preset, old, stats, behaviour)
                 fb = self.worker.forward_backward(batch)
                 if epoch == 0 and index == 0 and stats is None:
                     out.update(self._first_gap(fb, st.tensors, rows))

@@ -152,9 +152,11 @@ def policy_minibatch(
     preset: Preset,
     old_logprobs: Tensor,
     stats: dict[str, Tensor] | None,
+    behaviour_logprobs: Tensor | None = None,
 ) -> tuple[PolicyBatch, FilterResult | None]:
     """The `PolicyBatch` of minibatch `rows`: filters applied with the pass's statistics, denominators built
-    over the whole minibatch."""
+    over the whole minibatch; `behaviour_logprobs` [N, L] (the sampler's, when `old_logprobs` were
+    recomputed) go with it for an off-policy correction."""
     index = torch.tensor(rows, dtype=torch.long)
     t = step.tensors
     mask = t["loss_mask"].index_select(0, index)
@@ -193,6 +195,7 @@ def policy_minibatch(
         ref_logprobs=ref,
         count_mask=None if filtered is None else count_mask.float(),
         prompt_lengths=t["prompt_lengths"].index_select(0, index),
+        behaviour_logprobs=None if behaviour_logprobs is None else behaviour_logprobs.index_select(0, index),
     )
     return batch, filtered
 

@@ -363,8 +363,8 @@ def test_groups_held_over_from_earlier_steps_keep_their_sampler_logprobs(
     seen: list[tuple[list[int], torch.Tensor, torch.Tensor, torch.Tensor]] = []
     make = loop.policy_minibatch
 
-    def recording(st, rows, preset, old, stats):
-        batch, filtered = make(st, rows, preset, old, stats)
+    def recording(st, rows, preset, old, stats, behaviour):
+        batch, filtered = make(st, rows, preset, old, stats, behaviour)
         seen.append((rows, batch.old_logprobs, st.tensors["old_logprobs"][rows], stats["logprobs"][rows]))
         return batch, filtered
 
@@ -397,3 +397,22 @@ def test_groups_held_over_from_earlier_steps_keep_their_sampler_logprobs(
             torch.testing.assert_close(old[j], expected)
             stale_checked += step_versions[r] < current
     assert stale_checked
+
+
+@pytest.mark.parametrize("extra", [(), ("trainer.epochs=2",)], ids=["one-step", "recomputed"])
+def test_offpolicy_correction_logs_its_weights(
+    tiny_dir: Path, tmp_path: Path, extra: tuple[str, ...]
+) -> None:
+    cfg = config(tiny_dir, tmp_path, "algorithm.loss.offpolicy=token_truncate", "trainer.steps=2", *extra)
+    result = train(cfg, display=quiet())
+    rows = [r for r in read_metrics(result.run_dir / "metrics.jsonl") if r.get("phase") == "rl"]
+    for row in rows:
+        assert 0.5 < row["offpolicy/ratio_mean"] < 1.5 and row["offpolicy/ratio_max"] >= 1.0
+        assert 0 <= row["offpolicy/truncated_fraction"] <= 1 and "update/stale_rows" not in row
+
+
+def test_offpolicy_settings_are_checked_before_the_model_loads(tiny_dir: Path, tmp_path: Path) -> None:
+    from agentrl.train.recipe import check_config
+
+    with pytest.raises(ConfigError, match=r"algorithm\.loss: unknown offpolicy 'tis'"):
+        check_config(config(tiny_dir, tmp_path, "algorithm.loss.offpolicy=tis"))
