@@ -4,6 +4,7 @@ one-screen summary at the end."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from rich.progress import (
 from rich.table import Table
 
 from agentrl.core.progress import progress_enabled
+from agentrl.evaluation.paired import PairedDifference
 
 LIVE_FIELDS = (
     ("reward/mean", "reward", "{:.3f}"),
@@ -121,6 +123,20 @@ def summary_table(evals: list[dict[str, Any]]) -> Table:
     return table
 
 
+def comparison_table(comparison: Sequence[PairedDifference], labels: tuple[str, str]) -> Table:
+    """The paired comparison of two evaluations on the same questions, one row per score."""
+    n = comparison[0].n if comparison else 0
+    table = Table(title=f"{labels[1]} vs {labels[0]}: paired over the same {n} held-out questions")
+    for column in ("score", labels[0], labels[1], "difference", "95% interval", "one-sided p"):
+        table.add_column(column, justify="left" if column == "score" else "right")
+    for c in comparison:
+        table.add_row(
+            c.name, f"{c.before:.3f}", f"{c.after:.3f}", f"{c.difference:+.3f}",
+            f"[{c.ci_low:+.3f}, {c.ci_high:+.3f}]", f"{c.p_one_sided:.4f}",
+        )  # fmt: skip
+    return table
+
+
 def print_summary(
     console: Console,
     run_dir: Path,
@@ -128,10 +144,15 @@ def print_summary(
     reward_curve: list[tuple[int, float]],
     checkpoint: Path | None,
     plots: list[Path],
+    comparison: Sequence[PairedDifference] = (),
+    comparison_labels: tuple[str, str] = ("before", "after"),
 ) -> None:
-    """The closing screen: evaluations, the training reward per step, and where everything was written."""
+    """The closing screen: evaluations, the paired before/after-RL comparison when there is one, the
+    training reward per step, and where everything was written."""
     if evals:
         console.print(summary_table(evals))
+    if comparison:
+        console.print(comparison_table(comparison, comparison_labels))
     if reward_curve:
         curve = "  ".join(f"{s}:{r:.3f}" for s, r in reward_curve)
         console.print(f"training reward by step  {curve}", highlight=False)

@@ -33,6 +33,7 @@ from agentrl.core.generator import Generator
 from agentrl.core.seeding import derive_seed, seed_everything
 from agentrl.core.types import Trajectory
 from agentrl.evaluation.evaluator import EvalSettings, evaluate, headline, summarize
+from agentrl.evaluation.paired import PairedDifference, paired_difference
 from agentrl.experiment import ExperimentConfig
 from agentrl.metrics import MetricsWriter, read_metrics
 from agentrl.rollout.io import write_trajectories
@@ -154,6 +155,8 @@ class Trainer:
             run_state.truncate_metrics(self.run_dir / "metrics.jsonl", self.state.step)
         else:
             self.run_dir = run_state.new_run_dir(cfg.output.dir)
+        self.comparison: list[PairedDifference] = []
+        self.comparison_labels = ("", "")
         self.flag = StopFlag(on_first=self._announce_stop)
         self._snapshot: dict[str, Any] | None = None
 
@@ -397,7 +400,10 @@ class Trainer:
             plots = plot_training(read_metrics(self.run_dir / "metrics.jsonl"), self.run_dir / "plots")
         rows = [r for r in read_metrics(self.run_dir / "metrics.jsonl") if r.get("phase") == "rl"]
         curve = [(int(r["step"]), float(r["reward/mean"])) for r in rows if "reward/mean" in r]
-        print_summary(self.display.console, self.run_dir, self.state.evals, curve, self.checkpoint, plots)
+        print_summary(
+            self.display.console, self.run_dir, self.state.evals, curve, self.checkpoint, plots,
+            comparison=self.comparison, comparison_labels=self.comparison_labels,
+        )  # fmt: skip
         return TrainResult(self.run_dir, self.state, self.checkpoint, self.state.evals, plots, interrupted)
 
     def _save(self) -> None:
@@ -432,9 +438,34 @@ class Trainer:
         scores = headline(result.metrics)
         row = {"label": label, **scores, "episodes": result.metrics.get("eval/episodes", 0.0)}
         self.state.evals.append(row)
-        self._log({**result.metrics, "eval/label": label}, self.state.step, "eval")
+        metrics = {**result.metrics, "eval/label": label}
+        run_state.save_eval_scores(self.run_dir, label, result.questions)
+        if label == "after RL":
+            metrics.update(self._compare_with_rl_start())
+        self._log(metrics, self.state.step, "eval")
         self.display.note(f"{label}: " + "  ".join(f"{k} {v:.3f}" for k, v in scores.items()))
         return result.metrics
+
+    def _compare_with_rl_start(self) -> dict[str, float]:
+        """The paired comparison of the held-out questions before and after RL (`agentrl.evaluation.paired`),
+        when the policy RL started from was evaluated on them too."""
+        start = "after SFT" if self.cfg.sft.enabled else "before RL"
+        before, after = (
+            run_state.load_eval_scores(self.run_dir, start),
+            run_state.load_eval_scores(self.run_dir, "after RL"),
+        )
+        if before is None or after is None or before["ids"] != after["ids"]:
+            return {}
+        seed = derive_seed(self.cfg.seed, "paired")
+        self.comparison = [
+            paired_difference(name, before["scores"][name], after["scores"][name], seed=seed)
+            for name in after["scores"] if name in before["scores"]
+        ]  # fmt: skip
+        self.comparison_labels = (start, "after RL")
+        return {
+            f"compare/{c.name}_{key}": float(getattr(c, key))
+            for c in self.comparison for key in ("difference", "ci_low", "ci_high", "p_one_sided")
+        }  # fmt: skip
 
     def _cold_start(self) -> None:
         """Evaluate the base model, run SFT when enabled, evaluate again, checkpoint."""

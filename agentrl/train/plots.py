@@ -7,16 +7,25 @@ from typing import Any
 
 CURVES = (
     ("reward/mean", "reward (mean)"),
+    ("eval/em", "held-out EM (greedy)"),
     ("episode/format_rate", "format rate"),
     ("entropy/mean", "token entropy"),
     ("episode/response_tokens", "response length (agent tokens)"),
     ("episode/searches", "searches per episode"),
 )
+EVAL_PREFIX = "eval/"
+BEFORE_COLD_START = "before SFT"
 
 
 def series(rows: list[dict[str, Any]], key: str, phase: str = "rl") -> tuple[list[int], list[float]]:
-    """(steps, values) of `key` over the rows of `phase`."""
-    points = [(int(r["step"]), float(r[key])) for r in rows if r.get("phase", phase) == phase and key in r]
+    """(steps, values) of `key` over the rows of `phase`; `eval/` keys read the evaluation rows from the
+    policy RL starts from onwards (the base model before an SFT cold start is left out)."""
+    if key.startswith(EVAL_PREFIX):
+        phase = "eval"
+    points = [
+        (int(r["step"]), float(r[key])) for r in rows
+        if r.get("phase", phase) == phase and key in r and r.get("eval/label") != BEFORE_COLD_START
+    ]  # fmt: skip
     return [p[0] for p in points], [p[1] for p in points]
 
 

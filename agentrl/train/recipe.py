@@ -334,8 +334,11 @@ def _check_workers(cfg: ExperimentConfig, source: str) -> None:
             "(model.name=<run dir>)"
         )
     v = r.vllm
-    if r.backend == "vllm" and t.num_workers and v.placement == "colocated" and (
-        v.num_engines != t.num_workers or v.tensor_parallel_size != 1
+    if (
+        r.backend == "vllm"
+        and t.num_workers
+        and v.placement == "colocated"
+        and (v.num_engines != t.num_workers or v.tensor_parallel_size != 1)
     ):
         raise ConfigError(
             f"{source}: rollout.vllm.placement=colocated puts one engine on each trainer GPU: set "

@@ -5,6 +5,7 @@
         metrics.jsonl          one line per step (phase `sft`, `rl` or `eval`)
         trajectories/          the episodes of each step (step-000001.jsonl, ...)
         reference.safetensors  the KL penalty's reference after an SFT cold start (its trainable tensors)
+        evals/after-sft.json   per-question scores of each held-out evaluation (paired comparisons)
         checkpoints/step-000004/
             model/             weights or LoRA adapter (safetensors) + tokenizer: from_pretrained-loadable
             optimizer.pt       optimizer and learning-rate schedule
@@ -38,6 +39,7 @@ BUFFER_FILE = "buffer.jsonl"
 RNG_FILE = "rng.pt"
 CHECKPOINTS = "checkpoints"
 REFERENCE_FILE = "reference.safetensors"
+EVALS_DIR = "evals"
 
 MATH_FIELDS = (
     "seed",
@@ -203,6 +205,35 @@ def load_reference(run_dir: Path) -> dict[str, torch.Tensor] | None:
 
     path = run_dir / REFERENCE_FILE
     return load_file(str(path)) if path.is_file() else None
+
+
+def eval_scores_path(run_dir: Path, label: str) -> Path:
+    slug = "".join(c if c.isalnum() else "-" for c in label.lower()).strip("-")
+    return run_dir / EVALS_DIR / f"{slug}.json"
+
+
+def save_eval_scores(run_dir: Path, label: str, questions: list[Any]) -> Path:
+    """Per-question scores of one held-out evaluation (`evals/<label>.json`: question ids and, per score
+    name, one mean per question), for paired comparisons of two evaluations."""
+    from agentrl.evaluation.metrics import per_question, reported_scores
+
+    path = eval_scores_path(run_dir, label)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {
+        "label": label, "ids": [q.id for q in questions],
+        "scores": {name: per_question(questions, name).tolist() for name in reported_scores(questions)},
+    }  # fmt: skip
+    with atomic_open(path) as f:
+        json.dump(data, f)
+    return path
+
+
+def load_eval_scores(run_dir: Path, label: str) -> dict[str, Any] | None:
+    """`save_eval_scores`'s data for `label`, or None when that evaluation did not run."""
+    path = eval_scores_path(run_dir, label)
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def write_config(run_dir: Path, cfg: ExperimentConfig) -> None:

@@ -39,6 +39,7 @@ def test_quickstart_cli_runs_sft_then_rl_and_reports(
     for label in ("before SFT", "after SFT", "after RL"):
         assert label in result.output
     assert "held-out evaluation" in result.output and "training reward by step" in result.output
+    assert "after RL vs after SFT: paired over the same 2 held-out questions" in result.output
     (run_dir,) = list((tmp_path / "runs").iterdir())
     indexes = list((tmp_path / "cache" / "indexes").glob("synthetic-w0x40-w1x40-dense-*"))
     assert len(indexes) == 1 and (indexes[0] / "meta.json").is_file()
@@ -47,6 +48,9 @@ def test_quickstart_cli_runs_sft_then_rl_and_reports(
     assert [r["eval/label"] for r in rows if r["phase"] == "eval"] == ["before SFT", "after SFT", "after RL"]
     assert [r["global_step"] for r in rows] == [0, 1, 2, 2, 3, 3]
     assert "sft/nll" in rows[1] and "sft/optim/lr" in rows[1] and "optim/lr" in rows[4]
+    assert 0 < rows[-1]["compare/em_p_one_sided"] <= 1 and "compare/f1_difference" in rows[-1]
+    scores = json.loads((run_dir / "evals" / "after-sft.json").read_text())
+    assert scores["label"] == "after SFT" and len(scores["ids"]) == len(scores["scores"]["em"]) == 2
     sft = [json.loads(line) for line in (run_dir / "trajectories" / "sft.jsonl").open()]
     assert sft and all(t["reward"] >= 1.0 for t in sft)
     for t in sft:
