@@ -206,6 +206,9 @@ class TrainerSection:
     log_rank1: log the rank-1 fraction of each step's output-head weight change (FADE sec. 4.2).
     share_prompts: in the training forward, run each distinct prompt of a micro-batch once and share its
         keys/values with every episode that starts with it (same gradient, fewer tokens).
+    compute_dtype: `float32`, or `bfloat16` to run the trainer's forward and backward under bf16 autocast
+        (weights, gradients and optimizer state stay in `model.dtype`); the sampler-vs-trainer log-prob gap
+        this opens is what `algorithm.loss.offpolicy` corrects. `bench/bench_train_step.py` measures both.
     num_workers: 0 trains in the `agentrl train` process; N >= 1 trains on N Ray actors (one GPU each when
         the Ray cluster has GPUs, one CPU each otherwise), data-parallel over torch.distributed (nccl on GPU,
         gloo on CPU): each minibatch's episodes are split across them and their gradients summed.
@@ -235,6 +238,7 @@ class TrainerSection:
     logprob_chunk_size: int = 1024
     log_rank1: bool = False
     share_prompts: bool = True
+    compute_dtype: Literal["float32", "bfloat16"] = "float32"
     num_workers: int = 0
 
 

@@ -3,14 +3,19 @@
 Setting: single-turn math (the Math-v0 arithmetic problems with WAPO's format instruction), the bundled
 SmolLM2-135M-Instruct, 2 prompts x 4 generations x at most 48 new tokens, full fine-tuning, GRPO (no KL, one
 optimizer step per batch), fp32 on the CPU. Both run warm-up steps first; the reported time is the mean of the
-timed steps. A second line compares agentrl's update alone (chunked log-probs, global denominators) with a
-naive update that materialises the full logits, on the same batch with every episode given an advantage (so
-both run every row), and reports the update's achieved FLOP/s
-(6 x params x tokens) against the GEMM peak measured here. TRL runs without gradient checkpointing (its
-default trades compute for memory a 135M model does not need).
+timed steps. TRL computes the loss of every row, so agentrl's timed steps train every row too: each group's
+rewards are spread (0, 1, 0, 1) before the update (`--skip-rows-without-signal` times agentrl's own rule,
+which skips rows whose advantage is zero). `--backend vllm` samples agentrl's episodes with vLLM's CPU engine.
+
+Then, on one batch where every row trains: agentrl's update alone (chunked log-probs, global denominators)
+against a naive update that materialises the full logits; the update in fp32 and under bf16 autocast
+(`trainer.compute_dtype`), with the log-prob gap between the two (what a bf16 sampler and an fp32 trainer, or
+the reverse, disagree by); and each update's FLOP/s (6 x params x tokens) against the GEMM peak of its dtype
+measured here. TRL runs without gradient checkpointing (its default trades compute for memory a 135M model
+does not need).
 
     pip install -e ".[bench]"            # TRL
-    python bench/bench_train_step.py     # --threads 1 --steps 3
+    python bench/bench_train_step.py     # --threads 2 --steps 3
 """
 
 from __future__ import annotations
@@ -30,12 +35,14 @@ GENERATIONS = 4
 NEW_TOKENS = 48
 
 
-def gemm_peak(threads: int, size: int = 1024, repeats: int = 8) -> float:
-    """FLOP/s of a float32 square matmul on this machine (the best of `repeats`)."""
+def gemm_peak(threads: int, size: int = 1024, repeats: int = 8, dtype: str = "float32") -> float:
+    """FLOP/s of a square matmul in `dtype` on this machine (the best of `repeats`)."""
     import torch
 
     torch.set_num_threads(threads)
-    a, b = torch.randn(size, size), torch.randn(size, size)
+    kind = getattr(torch, dtype)
+    a, b = torch.randn(size, size).to(kind), torch.randn(size, size).to(kind)
+    a @ b
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
@@ -44,7 +51,7 @@ def gemm_peak(threads: int, size: int = 1024, repeats: int = 8) -> float:
     return 2 * size**3 / best
 
 
-def agentrl_trainer(threads: int, steps: int, out: Path):  # type: ignore[no-untyped-def]
+def agentrl_trainer(threads: int, steps: int, out: Path, backend: str = "hf"):  # type: ignore[no-untyped-def]
     from agentrl.core.config import load_config
     from agentrl.experiment import ExperimentConfig
     from agentrl.train.display import TrainDisplay
@@ -58,10 +65,33 @@ def agentrl_trainer(threads: int, steps: int, out: Path):  # type: ignore[no-unt
         "trainer.learning_rate=1e-6",
         "finetune.mode=full", "finetune.train_layers=all", "algorithm.preset=grpo", "eval.enabled=false",
         "sft.enabled=false", f"output.dir={out}", "output.plots=false", "output.save_trajectories=false",
+        f"rollout.backend={backend}",
     ]  # fmt: skip
     trainer = Trainer(load_config(ExperimentConfig, None, overrides), display=TrainDisplay(live=False))
     trainer.build()
     return trainer
+
+
+def spread_rewards(episodes) -> None:  # type: ignore[no-untyped-def]
+    """Rewards 0, 1, 0, 1, ... within each group, so every episode has a nonzero GRPO advantage."""
+    seen: dict[int, int] = {}
+    for t in episodes:
+        seen[t.group_id] = seen.get(t.group_id, -1) + 1
+        t.reward = float(seen[t.group_id] % 2)
+        if t.turn_rewards:
+            t.turn_rewards[-1] = t.reward
+
+
+def train_every_row(trainer) -> None:  # type: ignore[no-untyped-def]
+    """Make every sampled group of `trainer` carry a signal before its update (as TRL trains every row)."""
+    sample = trainer.sampler.sample
+
+    def sample_with_signal(*args, **kwargs):  # type: ignore[no-untyped-def]
+        sampled = sample(*args, **kwargs)
+        spread_rewards(sampled.trajectories)
+        return sampled
+
+    trainer.sampler.sample = sample_with_signal
 
 
 def time_agentrl(  # type: ignore[no-untyped-def]
@@ -133,8 +163,10 @@ def time_trl(threads: int, steps: int, warmup: int, out: Path) -> list[float]:
     return times[warmup:]
 
 
-def naive_update(trainer, repeats: int) -> tuple[float, float, float]:  # type: ignore[no-untyped-def]
-    """(agentrl update s, naive full-logits update s, FLOPs of one forward + backward) on one sampled batch.
+def update_timings(trainer, repeats: int) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    """On one sampled batch: agentrl's update seconds in fp32 (`fp32`) and under bf16 autocast (`bf16`), the
+    naive full-logits update (`naive`), the FLOPs of one forward + backward (`flops`) and the fp32-vs-bf16
+    log-prob gap over its agent tokens (`gap_mean`, `gap_max`).
 
     FLOPs follow the 6 x params x tokens convention over the weights that multiply activations: every
     parameter but the input embedding (a lookup, not a GEMM), the output head's vocab x hidden included
@@ -146,8 +178,7 @@ def naive_update(trainer, repeats: int) -> tuple[float, float, float]:  # type: 
     sampled = trainer.sampler.sample(999, 0)
     preset = trainer.recipe.preset
     episodes = sampled.trajectories
-    for i, t in enumerate(episodes):
-        t.reward = float(i % 2)  # every group gets a signal, so every row runs in both updates
+    spread_rewards(episodes)  # every row runs in both updates
     st = step_tensors(episodes, preset, trainer.tokenizer.pad_token_id or 0)
     batch, _ = policy_minibatch(st, list(range(st.size)), preset, st.tensors["old_logprobs"], None)
     model = trainer.model
@@ -169,8 +200,15 @@ def naive_update(trainer, repeats: int) -> tuple[float, float, float]:  # type: 
         for p in params:
             p.grad = None
 
+    def ours_bf16() -> None:
+        trainer.worker.config.compute_dtype = "bfloat16"
+        try:
+            ours()
+        finally:
+            trainer.worker.config.compute_dtype = "float32"
+
     timings = {}
-    for name, fn in (("ours", ours), ("naive", naive)):
+    for name, fn in (("ours", ours), ("naive", naive), ("ours_bf16", ours_bf16)):
         fn()
         runs = []
         for _ in range(repeats):
@@ -183,7 +221,18 @@ def naive_update(trainer, repeats: int) -> tuple[float, float, float]:  # type: 
     head = model.get_output_embeddings().weight
     body = sum(p.numel() for p in model.parameters() if p is not embedding and p is not head)
     flops = 6 * (body + head.numel()) * tokens
-    return timings["ours"], timings["naive"], float(flops)
+    keys = ("input_ids", "attention_mask", "loss_mask", "prompt_lengths")
+    logprobs = {}
+    for dtype in ("float32", "bfloat16"):
+        trainer.worker.config.compute_dtype = dtype
+        logprobs[dtype] = trainer.worker.compute_stats({k: st.tensors[k] for k in keys})["logprobs"]
+    trainer.worker.config.compute_dtype = "float32"
+    mask = st.tensors["loss_mask"].bool()
+    gap = (logprobs["float32"] - logprobs["bfloat16"])[mask].abs()
+    return {
+        "fp32": timings["ours"], "naive": timings["naive"], "bf16": timings["ours_bf16"],
+        "flops": float(flops), "gap_mean": float(gap.mean()), "gap_max": float(gap.max()),
+    }  # fmt: skip
 
 
 def main() -> None:
@@ -194,11 +243,20 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="timed steps per framework (after warm-up)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--skip-trl", action="store_true", help="time agentrl only")
+    parser.add_argument("--backend", choices=("hf", "vllm"), default="hf", help="agentrl's rollout backend")
+    parser.add_argument(
+        "--skip-rows-without-signal", action="store_true",
+        help="time agentrl's own rule (rows with a zero advantage are not run) instead of training every row",
+    )  # fmt: skip
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = agentrl_trainer(args.threads, args.warmup + args.steps + 1, Path(tmp) / "agentrl")
+        steps = args.warmup + args.steps + 1
+        trainer = agentrl_trainer(args.threads, steps, Path(tmp) / "agentrl", args.backend)
+        if not args.skip_rows_without_signal:
+            train_every_row(trainer)
         ours_step, ours_update, signal = time_agentrl(trainer, args.steps, args.warmup)
-        update, naive, flops = naive_update(trainer, repeats=3)
+        timings = update_timings(trainer, repeats=3)
+        update, naive, flops = timings["fp32"], timings["naive"], timings["flops"]
         trainer.close()
         trl_step: list[float] = []
         if not args.skip_trl:
@@ -209,28 +267,31 @@ def main() -> None:
     ours = statistics.mean(ours_step)
     print(
         f"setting: SmolLM2-135M, {PROMPTS} prompts x {GENERATIONS} generations x <= {NEW_TOKENS} new tokens, "
-        f"GRPO, full fine-tune, fp32, {args.threads} thread(s), mean of {args.steps} steps"
+        f"GRPO, full fine-tune, fp32, {args.threads} thread(s), agentrl rollout backend {args.backend}, mean "
+        f"of {args.steps} steps"
     )
+    rows = "rows without signal skipped" if args.skip_rows_without_signal else "every row trained"
     print(
-        f"agentrl step  {ours:7.2f} s (update {statistics.mean(ours_update):.2f} s; {signal:.0%} of episodes "
-        "had a nonzero advantage: episodes without one add exactly nothing to the gradient and are not run)"
+        f"agentrl step  {ours:7.2f} s (update {statistics.mean(ours_update):.2f} s; {rows}: {signal:.0%} of "
+        "episodes had a nonzero advantage)"
     )
     if trl_step:
         theirs = statistics.mean(trl_step)
-        ratio = ours / theirs
-        print(f"TRL GRPOTrainer step {theirs:7.2f} s   ratio agentrl/TRL = {ratio:.2f}x (target <= 0.5x)")
-    if trl_step:
-        forced = ours - statistics.mean(ours_update) + update
         print(
-            f"estimated agentrl step with every episode trained (its rollout + the update below): "
-            f"{forced:.2f} s = {forced / theirs:.2f}x TRL"
+            f"TRL GRPOTrainer step {theirs:7.2f} s   ratio agentrl/TRL = {ours / theirs:.2f}x (goal <= 0.35x)"
         )
-    peak = gemm_peak(args.threads)
-    rate = flops / naive
+    peak32, peak16 = gemm_peak(args.threads), gemm_peak(args.threads, dtype="bfloat16")
     print(
         f"update alone: agentrl {update:.2f} s vs naive full-logits {naive:.2f} s = {update / naive:.2f}x; "
-        f"naive update at {rate / 1e9:.1f} GFLOP/s = {rate / peak:.2f} of the measured GEMM peak "
-        f"({peak / 1e9:.1f} GFLOP/s)"
+        f"agentrl at {flops / update / 1e9:.1f} GFLOP/s = {flops / update / peak32:.2f} of the fp32 GEMM "
+        f"peak ({peak32 / 1e9:.1f} GFLOP/s), naive at {flops / naive / peak32:.2f}"
+    )
+    bf16 = timings["bf16"]
+    print(
+        f"update fp32 {update:.2f} s vs bf16 autocast {bf16:.2f} s = {bf16 / update:.2f}x; bf16 at "
+        f"{flops / bf16 / 1e9:.1f} GFLOP/s = {flops / bf16 / peak16:.2f} of the bf16 GEMM peak "
+        f"({peak16 / 1e9:.1f} GFLOP/s = {peak16 / peak32:.2f}x fp32's); fp32-vs-bf16 log-prob gap over agent "
+        f"tokens: mean {timings['gap_mean']:.2e}, max {timings['gap_max']:.2e}"
     )
 
 

@@ -40,6 +40,7 @@ Tensor = torch.Tensor
 OPTIMIZER_FILE = "optimizer.pt"
 TAXONOMY_CELLS = ("pos_peak", "pos_valley", "neg_peak", "neg_valley")
 WEIGHTS_DIR = "model"
+COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
 class PolicyWorker(Protocol):
@@ -75,6 +76,8 @@ class WorkerConfig:
     micro_batch_tokens: padded tokens per forward/backward.
     chunk_size: positions per chunk of the output-head statistics.
     share_prompts: run each distinct prompt of a micro-batch once (`trainers.forward`).
+    compute_dtype: `float32` (the weights' own dtype) or `bfloat16` (forward and backward under bf16 autocast
+        on the model's device; parameters, gradients and optimizer state keep their dtype).
     """
 
     optim: OptimConfig
@@ -83,6 +86,11 @@ class WorkerConfig:
     micro_batch_tokens: int = 8192
     chunk_size: int = 1024
     share_prompts: bool = True
+    compute_dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            raise ValueError(f"compute_dtype must be one of {COMPUTE_DTYPES}, got {self.compute_dtype!r}")
 
 
 def merge_metrics(into: dict[str, float], other: dict[str, float]) -> dict[str, float]:
@@ -165,9 +173,15 @@ class LocalPolicyWorker:
         self, model: Any, ids: Tensor, attn: Tensor, mask: Tensor, prompt_lengths: Tensor | None
     ) -> tuple[TokenStats, TokenWindow]:
         c = self.config
-        return policy_token_stats(
-            model, ids, attn, mask, prompt_lengths, c.processing, c.chunk_size, c.share_prompts
-        )
+        with self._autocast():
+            return policy_token_stats(
+                model, ids, attn, mask, prompt_lengths, c.processing, c.chunk_size, c.share_prompts
+            )
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.config.compute_dtype == "bfloat16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     def _reference_context(self) -> Any:
         if isinstance(self.reference, dict):

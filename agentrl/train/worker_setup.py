@@ -32,5 +32,5 @@ def worker_config(cfg: ExperimentConfig, recipe: Recipe | None = None) -> Worker
         loss, processing = recipe.loss, Processing(r.temperature, r.top_k, r.top_p)
     return WorkerConfig(
         optim=optim, loss=loss, processing=processing, micro_batch_tokens=t.micro_batch_tokens,
-        chunk_size=t.logprob_chunk_size, share_prompts=t.share_prompts,
+        chunk_size=t.logprob_chunk_size, share_prompts=t.share_prompts, compute_dtype=t.compute_dtype,
     )  # fmt: skip

@@ -328,3 +328,35 @@ def test_rows_without_advantage_are_skipped_with_the_same_gradient() -> None:
     sums = fresh.forward_backward(batch)
     assert sums["rows_trained"] == 0 and all(torch.count_nonzero(p.grad) == 0 for p in fresh.params)
     assert fresh.optim_step()["optim/skipped"] == 0.0 and fresh.steps == 1
+
+
+def test_bf16_autocast_trains_fp32_weights_close_to_the_fp32_forward() -> None:
+    preset = get_preset("grpo")
+    preset.loss.max_length = 32
+    stats, grads = [], []
+    for dtype in ("float32", "bfloat16"):
+        model = prepare_for_training(tiny(), TrainableSpec())
+        config = WorkerConfig(OptimConfig(learning_rate=0.01, total_steps=1), loss=preset.loss,
+                              compute_dtype=dtype)  # fmt: skip
+        worker = LocalPolicyWorker(model, config)
+        episodes = batch_of_episodes()
+        st = step_tensors(episodes, preset, 0)
+        t = st.tensors
+        stats.append(worker.compute_stats({k: t[k] for k in ("input_ids", "attention_mask", "loss_mask")}))
+        batch, _ = policy_minibatch(st, list(range(st.size)), preset, t["old_logprobs"], None)
+        worker.forward_backward(batch)
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+        worker.optim_step()
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+        assert all(s["exp_avg"].dtype == torch.float32 for s in worker.optimizer.state.values())
+    mask = t["loss_mask"].bool()
+    gap = (stats[0]["logprobs"] - stats[1]["logprobs"])[mask].abs()
+    assert 0 < float(gap.max()) < 0.1
+    assert torch.isfinite(grads[1]).all()
+    cosine = torch.nn.functional.cosine_similarity(grads[0], grads[1], dim=0)
+    assert cosine > 0.99
+
+
+def test_unknown_compute_dtype_is_refused() -> None:
+    with pytest.raises(ValueError, match="compute_dtype must be one of"):
+        WorkerConfig(OptimConfig(learning_rate=0.01, total_steps=1), compute_dtype="float16")
