@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from agentrl.core.generator import Completion, PolicyWeights, SamplingParams, per_prompt, process_logits
+from agentrl.generation.grouped_attention import enable as enable_grouped_attention
 
 
 class _Buffers:
@@ -89,6 +90,8 @@ class HFGenerator:
             full (a plain reference path).
         prefill_chunk: prompt columns per prefill forward (bounds attention memory).
         join_fraction: waiting prompts join once this fraction of the batch is free.
+        grouped_attention: decode grouped-query models on the unrepeated KV cache
+            (`agentrl.generation.grouped_attention`; the model is switched when it uses "sdpa").
     """
 
     def __init__(
@@ -99,6 +102,7 @@ class HFGenerator:
         prefix_cache_tokens: int | None = None,
         prefill_chunk: int = 256,
         join_fraction: float = 0.25,
+        grouped_attention: bool = True,
     ) -> None:
         cfg = model.config
         if any(t != "full_attention" for t in (getattr(cfg, "layer_types", None) or [])) or getattr(
@@ -108,6 +112,8 @@ class HFGenerator:
                 "the hf generator needs full attention in every layer; use backend vllm"
             )
         self.model = model
+        if grouped_attention:
+            enable_grouped_attention(model)
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
         self.prefill_chunk = prefill_chunk
