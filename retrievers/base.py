@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -41,3 +42,15 @@ class Retriever(Protocol):
     """
 
     def search(self, queries: list[str], k: int) -> list[list[Hit]]: ...
+
+
+def check_query_text(queries: Sequence[str]) -> None:
+    """Raise `ValueError` naming the first query that is not valid Unicode text: a lone surrogate such as
+    "\\ud800", which Python strings and JSON allow but no tokenizer accepts."""
+    for i, query in enumerate(queries):
+        try:
+            query.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(
+                f"queries[{i}] is not valid Unicode text: {exc.reason} at character {exc.start}"
+            ) from None

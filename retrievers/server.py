@@ -29,7 +29,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, StrictInt
 
-from retrievers.base import Hit, Retriever
+from retrievers.base import Hit, Retriever, check_query_text
 
 
 class RetrieveRequest(BaseModel):
@@ -251,16 +251,11 @@ def prepare_queries(queries: list[str], limits: ServerLimits) -> list[str]:
         raise RequestError(
             f"at most {limits.max_queries} queries per request, got {len(queries)}; split the batch"
         )
-    prepared = []
-    for i, query in enumerate(queries):
-        try:
-            query.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise RequestError(
-                f"queries[{i}] is not valid Unicode text: {exc.reason} at character {exc.start}"
-            ) from None
-        prepared.append(query[: limits.max_query_chars])
-    return prepared
+    try:
+        check_query_text(queries)
+    except ValueError as exc:
+        raise RequestError(str(exc)) from None
+    return [query[: limits.max_query_chars] for query in queries]
 
 
 def validation_details(errors: Any) -> list[dict[str, Any]]:

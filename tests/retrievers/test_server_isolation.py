@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from retrievers import open_retriever
-from retrievers.base import Hit
+from retrievers.base import Hit, Retriever
 from retrievers.client import HttpRetriever
 from retrievers.server import MicroBatcher, ServerConfig, ServerThread
 
@@ -96,6 +96,28 @@ def test_lone_surrogate_against_a_real_tokenizer(world_dense_index: Path) -> Non
         )
         assert response.status_code == 422 and "queries[0]" in response.text
         assert len(HttpRetriever(running.url).search(["which city"], 2)[0]) == 2
+
+
+def open_world_retriever(kind: str, dense_index: Path, bm25_index: Path) -> Retriever:
+    """A dense, BM25 or hybrid (both of them fused) retriever over the synthetic world."""
+    from retrievers.bm25 import BM25Retriever
+    from retrievers.dense import DenseRetriever
+    from retrievers.hybrid import HybridRetriever
+
+    if kind == "bm25":
+        return BM25Retriever.load(bm25_index)
+    dense = DenseRetriever.load(dense_index, device="cpu")
+    return dense if kind == "dense" else HybridRetriever(dense, BM25Retriever.load(bm25_index))
+
+
+@pytest.mark.parametrize("kind", ["dense", "bm25", "hybrid"])
+def test_lone_surrogate_through_the_python_api(
+    kind: str, world_dense_index: Path, world_bm25_index: Path
+) -> None:
+    retriever = open_world_retriever(kind, world_dense_index, world_bm25_index)
+    with pytest.raises(ValueError, match=r"^queries\[1\] is not valid Unicode text: .* at character 4$"):
+        retriever.search(["which city", "abcd\ud800"], 2)
+    assert len(retriever.search(["which city"], 2)[0]) == 2
 
 
 def test_large_requests_are_split_into_chunks_of_max_batch() -> None:
