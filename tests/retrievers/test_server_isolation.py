@@ -1,9 +1,12 @@
 """One bad request never fails the requests batched with it; requests are checked before they join a batch;
-bearer tokens are matched case-insensitively by scheme and in constant time."""
+bodies over the size limit are refused before they are read; bearer tokens are matched case-insensitively by
+scheme and in constant time."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +16,7 @@ import pytest
 from retrievers import open_retriever
 from retrievers.base import Hit, Retriever
 from retrievers.client import HttpRetriever
-from retrievers.server import MicroBatcher, ServerConfig, ServerThread
+from retrievers.server import MicroBatcher, ServerConfig, ServerLimits, ServerThread
 
 INNOCENT = 20
 LONE_SURROGATE_BODY = b'{"queries": ["\\ud800"], "topk": 2}'
@@ -170,3 +173,74 @@ def test_token_is_compared_in_constant_time(monkeypatch) -> None:  # type: ignor
     with ServerThread(Picky(), ServerConfig(port=0, token="s3cret")) as running:
         response = httpx.get(running.url + "/health", headers={"authorization": "Bearer nope"}, timeout=30)
     assert response.status_code == 401 and compared == [(b"nope", b"s3cret")]
+
+
+class RawConnection:
+    """One HTTP/1.1 keep-alive connection written and read byte by byte, so a test controls what is sent."""
+
+    def __init__(self, url: str) -> None:
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        self.sock = socket.create_connection((host, int(port)), timeout=20)
+        self.reader = self.sock.makefile("rb")
+
+    def __enter__(self) -> RawConnection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.reader.close()
+        self.sock.close()
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def response(self) -> tuple[int, dict[str, str], bytes]:
+        """(status, headers, body) of the next response; the body read by its Content-Length."""
+        status = int(self.reader.readline().split()[1])
+        headers = {}
+        while line := self.reader.readline().strip():
+            name, _, value = line.decode("latin-1").partition(":")
+            headers[name.strip().lower()] = value.strip()
+        return status, headers, self.reader.read(int(headers.get("content-length", "0")))
+
+
+def post(body: bytes, length: int | None = None) -> bytes:
+    """`POST /retrieve` with `body` and a Content-Length (`length`, else the body's own)."""
+    size = len(body) if length is None else length
+    head = b"POST /retrieve HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+    return head + f"Content-Length: {size}\r\n\r\n".encode() + body
+
+
+def post_chunked(body: bytes, chunk: int = 64) -> bytes:
+    """`POST /retrieve` with `body` sent in chunked transfer encoding, `chunk` bytes a chunk."""
+    head = b"POST /retrieve HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+    pieces = [body[i : i + chunk] for i in range(0, len(body), chunk)]
+    chunks = b"".join(f"{len(p):x}\r\n".encode() + p + b"\r\n" for p in pieces)
+    return head + b"Transfer-Encoding: chunked\r\n\r\n" + chunks + b"0\r\n\r\n"
+
+
+def test_a_maximal_request_is_refused_413_from_its_content_length() -> None:
+    """Under the defaults, max_queries queries of max_query_chars characters (about 67 MB) are refused from
+    the Content-Length alone: the answer comes before a byte of the body is sent."""
+    limits = ServerLimits()
+    size = len('{"queries": []}') + limits.max_queries * (limits.max_query_chars + len('"", '))
+    with ServerThread(Picky(), ServerConfig(port=0)) as running, RawConnection(running.url) as conn:
+        conn.send(post(b"", length=size))
+        status, _, body = conn.response()
+    assert status == 413
+    assert f"limit of {limits.max_body_bytes} bytes" in json.loads(body)["detail"]
+    assert size > limits.max_body_bytes >= 16 * 2**20
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_a_body_over_the_limit_gets_413_and_the_connection_stays_usable(chunked: bool) -> None:
+    config = ServerConfig(port=0, limits=ServerLimits(max_body_bytes=1000))
+    big = json.dumps({"queries": ["x" * 100] * 20}).encode()
+    small = json.dumps({"queries": ["q1"], "topk": 1}).encode()
+    with ServerThread(Picky(), config) as running, RawConnection(running.url) as conn:
+        conn.send(post_chunked(big) if chunked else post(big))
+        status, headers, body = conn.response()
+        assert status == 413 and "limit of 1000 bytes (--max-body-bytes)" in json.loads(body)["detail"]
+        assert headers.get("connection") != "close"
+        conn.send(post_chunked(small, chunk=8) if chunked else post(small))
+        status, _, body = conn.response()
+    assert status == 200 and json.loads(body)["result"][0][0]["id"] == "q1"
