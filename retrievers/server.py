@@ -5,12 +5,13 @@
 `{"result": [[{"id", "contents"}, ...], ...]}` without. `GET /health` and `GET /info` describe the server.
 A request body larger than `max_body_bytes` is answered 413 before it is read (`BodyLimit`).
 
-Concurrent requests are micro-batched: a worker takes the requests waiting in the queue (up to `max_batch`
-queries, waiting at most `max_wait_ms` for more after the first) and answers them with one encode + search.
-A request larger than `max_batch` is split into chunks of at most `max_batch` queries, so one encode + search
-never holds more than `max_batch` queries whatever the request size (the encoder then works through them in
-micro-batches of its own). Every request is validated before it joins a batch, and a batch that fails is
-answered request by request, so a failure reaches only the request that caused it.
+Concurrent requests are micro-batched: a worker takes the requests waiting (up to `max_batch` queries,
+waiting at most `max_wait_ms` for more after the first) and answers them with one encode + search. A request
+larger than `max_batch` is searched `max_batch` queries at a time, so one encode + search never holds more
+than `max_batch` queries whatever the request size (the encoder then works through them in micro-batches of
+its own), and requests take turns: one that arrives while a large request is being searched joins the next
+batch. Every request is validated before it joins a batch, and a batch that fails is answered request by
+request, so a failure reaches only the request that caused it.
 """
 
 from __future__ import annotations
@@ -104,17 +105,47 @@ class ServerConfig:
 
 @dataclass
 class _Pending:
+    """A request in the batcher: its queries, how many of them have joined a batch, the hits so far."""
+
     queries: list[str]
     k: int
     future: asyncio.Future[list[list[Hit]]]
+    taken: int = 0
+    hits: list[list[Hit]] = field(default_factory=list)
+
+    @property
+    def untaken(self) -> int:
+        return len(self.queries) - self.taken
+
+    def deliver(self, hits: list[list[Hit]]) -> None:
+        """Add the hits of the request's next queries; the request is answered once it has them all."""
+        self.hits.extend(query_hits[: self.k] for query_hits in hits)
+        if len(self.hits) == len(self.queries):
+            _resolve(self.future, self.hits)
+
+
+@dataclass
+class _Part:
+    """Queries `start:stop` of one request, as one batch holds them."""
+
+    request: _Pending
+    start: int
+    stop: int
+
+    @property
+    def queries(self) -> list[str]:
+        return self.request.queries[self.start : self.stop]
 
 
 class MicroBatcher:
     """Collects concurrent searches into batches answered by one `retriever.search` call each.
 
-    `search(queries, k)` splits `queries` into chunks of at most `max_batch`; the worker packs waiting chunks
-    into one call of at most `max_batch` queries. When that call raises, each chunk in it is searched on its
-    own, so the exception reaches only the request whose queries raise it.
+    A batch holds at most `max_batch` queries: first those of requests not searched yet, in arrival order,
+    then the next queries of requests under way, which take turns (the one served longest ago first). So a
+    large request is searched `max_batch` queries at a time, and a request that arrives meanwhile joins the
+    next batch instead of waiting for the rest of the large one. When a call raises, each request's part of
+    it is searched on its own, so the exception reaches only the request whose queries raise it; the rest of
+    that request is then not searched.
     """
 
     def __init__(self, retriever: Retriever, max_batch: int = 256, max_wait_ms: float = 2.0) -> None:
@@ -124,13 +155,14 @@ class MicroBatcher:
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000.0
         self.batches = 0
-        self._queue: asyncio.Queue[_Pending] | None = None
-        self._held: _Pending | None = None
+        self._new: collections.deque[_Pending] = collections.deque()
+        self._under_way: collections.deque[_Pending] = collections.deque()
+        self._arrived: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="retrieve")
 
     async def start(self) -> None:
-        self._queue = asyncio.Queue()
+        self._arrived = asyncio.Event()
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
@@ -142,88 +174,99 @@ class MicroBatcher:
 
     async def search(self, queries: list[str], k: int) -> list[list[Hit]]:
         """Hits for `queries`, in order; raises what the retriever raised for these queries."""
-        if self._queue is None:
+        if self._arrived is None:
             raise RuntimeError("the batcher is not running")
-        loop = asyncio.get_running_loop()
-        chunks = [queries[i : i + self.max_batch] for i in range(0, len(queries), self.max_batch)]
-        futures: list[asyncio.Future[list[list[Hit]]]] = []
-        for chunk in chunks:
-            futures.append(loop.create_future())
-            await self._queue.put(_Pending(chunk, k, futures[-1]))
-        parts = await asyncio.gather(*futures, return_exceptions=True)
-        results: list[list[Hit]] = []
-        for part in parts:
-            if isinstance(part, BaseException):
-                raise part
-            results.extend(part)
-        return results
+        if not queries:
+            return []
+        future: asyncio.Future[list[list[Hit]]] = asyncio.get_running_loop().create_future()
+        self._new.append(_Pending(list(queries), k, future))
+        self._arrived.set()
+        return await future
 
-    async def _next(self, timeout: float | None) -> _Pending | None:
-        """The chunk put back by the last `_collect`, else the next queued one (None after `timeout`)."""
-        assert self._queue is not None
-        if self._held is not None:
-            item, self._held = self._held, None
-            return item
-        if timeout is None:
-            return await self._queue.get()
-        with contextlib.suppress(asyncio.QueueEmpty):
-            return self._queue.get_nowait()
-        if timeout <= 0:
-            return None
-        try:
-            return await asyncio.wait_for(self._queue.get(), timeout)
-        except asyncio.TimeoutError:
-            return None
+    def _waiting(self) -> int:
+        """Queries of live requests that have not joined a batch yet."""
+        return sum(r.untaken for r in (*self._new, *self._under_way) if not r.future.done())
 
-    async def _collect(self) -> list[_Pending]:
-        first = await self._next(None)
-        assert first is not None
-        batch, size = [first], len(first.queries)
+    async def _wait_for_arrival(self, timeout: float | None) -> None:
+        assert self._arrived is not None
+        self._arrived.clear()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._arrived.wait(), timeout)
+
+    async def _collect(self) -> list[_Part]:
+        """The next batch, once a request waits and `max_batch` queries wait or `max_wait` has passed."""
+        while not self._waiting():
+            await self._wait_for_arrival(None)
         deadline = time.monotonic() + self.max_wait
-        while size < self.max_batch:
-            item = await self._next(deadline - time.monotonic())
-            if item is None:
-                break
-            if size + len(item.queries) > self.max_batch:
-                self._held = item
-                break
-            batch.append(item)
-            size += len(item.queries)
+        while self._waiting() < self.max_batch and (left := deadline - time.monotonic()) > 0:
+            await self._wait_for_arrival(left)
+        return self._plan()
+
+    def _plan(self) -> list[_Part]:
+        """Fill a batch with new requests, then requests under way; a request with queries left after it
+        goes to the back of the requests under way. Requests whose caller is gone are dropped."""
+        batch: list[_Part] = []
+        room, served = self.max_batch, []
+        waiting = [r for r in (*self._new, *self._under_way) if not r.future.done()]
+        self._new.clear()
+        self._under_way.clear()
+        for request in waiting:
+            if not room:
+                (self._under_way if request.taken else self._new).append(request)
+                continue
+            take = min(request.untaken, room)
+            batch.append(_Part(request, request.taken, request.taken + take))
+            request.taken += take
+            room -= take
+            if request.untaken:
+                served.append(request)
+        self._under_way.extend(served)
         return batch
 
     async def _search(self, queries: list[str], k: int) -> list[list[Hit]]:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.retriever.search, queries, k)
+        results = await loop.run_in_executor(self._executor, self.retriever.search, queries, k)
+        if len(results) != len(queries):
+            raise RuntimeError(
+                f"the retriever answered {len(results)} result lists for {len(queries)} queries"
+            )
+        return results
 
     async def _run(self) -> None:
         while True:
-            batch = [item for item in await self._collect() if not item.future.done()]
-            if not batch:
+            batch = await self._collect()
+            if batch:
+                await self._answer(batch)
+
+    async def _answer(self, batch: list[_Part]) -> None:
+        """Search a batch with one call and hand each request its part of the hits."""
+        queries = [q for part in batch for q in part.queries]
+        try:
+            results = await self._search(queries, max(part.request.k for part in batch))
+        except Exception as exc:
+            await self._answer_each(batch, exc)
+            return
+        self.batches += 1
+        offset = 0
+        for part in batch:
+            part.request.deliver(results[offset : offset + part.stop - part.start])
+            offset += part.stop - part.start
+
+    async def _answer_each(self, batch: list[_Part], exc: Exception) -> None:
+        """Answer the parts of a failed batch one by one, so each request gets its own result or exception."""
+        if len(batch) == 1:
+            _reject(batch[0].request.future, exc)
+            return
+        for part in batch:
+            if part.request.future.done():
                 continue
-            queries = [q for item in batch for q in item.queries]
             try:
-                results = await self._search(queries, max(item.k for item in batch))
-            except Exception as exc:
-                await self._answer_each(batch, exc)
+                hits = await self._search(part.queries, part.request.k)
+            except Exception as own:
+                _reject(part.request.future, own)
                 continue
             self.batches += 1
-            offset = 0
-            for item in batch:
-                part = [hits[: item.k] for hits in results[offset : offset + len(item.queries)]]
-                offset += len(item.queries)
-                _resolve(item.future, part)
-
-    async def _answer_each(self, batch: list[_Pending], exc: Exception) -> None:
-        """Answer the chunks of a failed batch one by one, so each gets its own result or exception."""
-        if len(batch) == 1:
-            _reject(batch[0].future, exc)
-            return
-        for item in batch:
-            try:
-                _resolve(item.future, await self._search(item.queries, item.k))
-                self.batches += 1
-            except Exception as own:
-                _reject(item.future, own)
+            part.request.deliver(hits)
 
 
 def _resolve(future: asyncio.Future[list[list[Hit]]], result: list[list[Hit]]) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -138,6 +139,96 @@ def test_large_requests_are_split_into_chunks_of_max_batch() -> None:
     results = asyncio.run(run())
     assert [hits[0].id for hits in results] == queries
     assert [len(call) for call in retriever.calls] == [100, 100, 50]
+
+
+class Gated:
+    """Answers every query with one hit naming it, one call at a time as the test allows: each call records
+    its queries, signals `entered`, then waits for a `gate` release. A call holding "boom" raises
+    RuntimeError."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+        self.entered = threading.Semaphore(0)
+        self.gate = threading.Semaphore(0)
+
+    def search(self, queries: list[str], k: int) -> list[list[Hit]]:
+        self.calls.append(list(queries))
+        self.entered.release()
+        if not self.gate.acquire(timeout=60):
+            raise TimeoutError("the test never let this search finish")
+        if "boom" in queries:
+            raise RuntimeError("the encoder choked")
+        return [[Hit(q, q, f"about {q}", 1.0)] for q in queries]
+
+    async def wait_entered(self) -> None:
+        """Until the next search call has started (its queries are in `calls`)."""
+        assert await asyncio.to_thread(self.entered.acquire, timeout=60), "no search call started"
+
+    def open_gate(self, calls: int = 100) -> None:
+        for _ in range(calls):
+            self.gate.release()
+
+
+async def behind_a_large_request(
+    batcher: MicroBatcher, retriever: Gated, large: list[str], small: list[str]
+) -> tuple[asyncio.Task[list[list[Hit]]], list[asyncio.Task[list[list[Hit]]]]]:
+    """Start `large`, and once its first chunk is being searched, one request per query of `small`."""
+    large_task = asyncio.create_task(batcher.search(large, 1))
+    await retriever.wait_entered()
+    small_tasks = [asyncio.create_task(batcher.search([q], 1)) for q in small]
+    for _ in range(3):
+        await asyncio.sleep(0)  # the small requests run up to their wait for an answer
+    return large_task, small_tasks
+
+
+def test_small_requests_are_answered_between_the_chunks_of_a_large_one() -> None:
+    retriever = Gated()
+    batcher = MicroBatcher(retriever, max_batch=4, max_wait_ms=0.0)
+    large = [f"b{i}" for i in range(12)]
+
+    async def run() -> None:
+        await batcher.start()
+        try:
+            large_task, small_tasks = await behind_a_large_request(batcher, retriever, large, ["s0", "s1"])
+            retriever.gate.release()
+            await retriever.wait_entered()
+            assert retriever.calls[1] == ["s0", "s1", "b4", "b5"], "the small requests waited behind chunks"
+            retriever.gate.release()
+            answers = await asyncio.wait_for(asyncio.gather(*small_tasks), 60)
+            assert [hits[0][0].id for hits in answers] == ["s0", "s1"]
+            assert not large_task.done(), "the large request's remaining chunks were searched first"
+            retriever.open_gate()
+            hits = await asyncio.wait_for(large_task, 60)
+            assert [h[0].id for h in hits] == large
+        finally:
+            retriever.open_gate()
+            await batcher.stop()
+
+    asyncio.run(run())
+    assert retriever.calls == [["b0", "b1", "b2", "b3"], ["s0", "s1", "b4", "b5"], large[6:10], large[10:]]
+
+
+def test_a_failing_chunk_fails_only_its_request_and_ends_its_search() -> None:
+    retriever = Gated()
+    batcher = MicroBatcher(retriever, max_batch=4, max_wait_ms=0.0)
+    large = ["b0", "b1", "b2", "b3", "boom", *(f"b{i}" for i in range(5, 12))]
+
+    async def run() -> tuple[BaseException | list[list[Hit]], list[list[Hit]]]:
+        await batcher.start()
+        try:
+            large_task, small_tasks = await behind_a_large_request(batcher, retriever, large, ["s0"])
+            retriever.open_gate()
+            small = await asyncio.wait_for(small_tasks[0], 60)
+            failed = await asyncio.wait_for(asyncio.gather(large_task, return_exceptions=True), 60)
+            return failed[0], small
+        finally:
+            retriever.open_gate()
+            await batcher.stop()
+
+    failed, small = asyncio.run(run())
+    assert isinstance(failed, RuntimeError) and small[0][0].id == "s0"
+    assert retriever.calls[1] == ["s0", "boom", "b5", "b6"]
+    assert retriever.calls[2:] == [["s0"], ["boom", "b5", "b6"]], "the failed request went on being searched"
 
 
 @pytest.mark.parametrize(
