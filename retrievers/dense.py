@@ -203,6 +203,6 @@ def hits_from_rows(docs: DocStore, scores: np.ndarray, rows: np.ndarray) -> list
             if row < 0:
                 continue
             doc = next(fetched)
-            hits.append(Hit(id=doc.id, title=doc.title, text=doc.text, score=float(score)))
+            hits.append(Hit(doc.id, doc.title, doc.text, float(score), doc.record))
         out.append(hits)
     return out

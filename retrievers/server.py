@@ -2,7 +2,9 @@
 
 `POST /retrieve` takes Search-R1's request `{"queries": [...], "topk": k, "return_scores": bool}` and answers
 `{"result": [[{"document": {"id", "contents"}, "score": s}, ...], ...]}` with scores, or
-`{"result": [[{"id", "contents"}, ...], ...]}` without. `GET /health` and `GET /info` describe the server.
+`{"result": [[{"id", "contents"}, ...], ...]}` without. Each document is the corpus row as stored where the
+index keeps it (`Hit.document`): `contents` exactly as in the corpus file, and any other fields of the row.
+`GET /health` and `GET /info` describe the server.
 A request body larger than `max_body_bytes` is answered 413 before it is read (`BodyLimit`).
 
 Concurrent requests are micro-batched: a worker takes the requests waiting (up to `max_batch` queries,
@@ -445,12 +447,9 @@ def create_app(
             raise HTTPException(500, f"search failed: {type(exc).__name__}: {exc}") from None
         if body.return_scores:
             return {
-                "result": [
-                    [{"document": {"id": h.id, "contents": h.contents}, "score": h.score} for h in hits]
-                    for hits in results
-                ]
+                "result": [[{"document": h.document(), "score": h.score} for h in hits] for hits in results]
             }
-        return {"result": [[{"id": h.id, "contents": h.contents} for h in hits] for hits in results]}
+        return {"result": [[h.document() for h in hits] for hits in results]}
 
     return app
 
