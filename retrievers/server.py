@@ -4,16 +4,16 @@
 `{"result": [[{"document": {"id", "contents"}, "score": s}, ...], ...]}` with scores, or
 `{"result": [[{"id", "contents"}, ...], ...]}` without. Each document is the corpus row as stored where the
 index keeps it (`Hit.document`): `contents` exactly as in the corpus file, and any other fields of the row.
-`GET /health` and `GET /info` describe the server.
-A request body larger than `max_body_bytes` is answered 413 before it is read (`BodyLimit`).
+`GET /health` and `GET /info` describe the server. A request body larger than `max_body_bytes` is answered
+413 before it is read (`BodyLimit`).
 
 Concurrent requests are micro-batched: a worker takes the requests waiting (up to `max_batch` queries,
 waiting at most `max_wait_ms` for more after the first) and answers them with one encode + search. A request
 larger than `max_batch` is searched `max_batch` queries at a time, so one encode + search never holds more
 than `max_batch` queries whatever the request size (the encoder then works through them in micro-batches of
-its own), and requests take turns: one that arrives while a large request is being searched joins the next
-batch. Every request is validated before it joins a batch, and a batch that fails is answered request by
-request, so a failure reaches only the request that caused it.
+its own), and requests take turns: one that arrives while a large request is being searched is answered by
+the next batch, before the large request's next chunk. Every request is validated before it joins a batch,
+and a batch that fails is answered request by request, so a failure reaches only the request that caused it.
 """
 
 from __future__ import annotations
@@ -142,12 +142,14 @@ class _Part:
 class MicroBatcher:
     """Collects concurrent searches into batches answered by one `retriever.search` call each.
 
-    A batch holds at most `max_batch` queries: first those of requests not searched yet, in arrival order,
-    then the next queries of requests under way, which take turns (the one served longest ago first). So a
-    large request is searched `max_batch` queries at a time, and a request that arrives meanwhile joins the
-    next batch instead of waiting for the rest of the large one. When a call raises, each request's part of
-    it is searched on its own, so the exception reaches only the request whose queries raise it; the rest of
-    that request is then not searched.
+    A batch holds at most `max_batch` queries, either of new requests (not searched yet), packed in arrival
+    order, or of requests under way (larger than one batch), which take turns, the one served longest ago
+    first. While both wait, the two kinds of batch alternate. So a large request is searched `max_batch`
+    queries at a time, a request that arrives meanwhile is answered once the batch in progress is done
+    (without waiting for a batch's worth of the large request's queries), and a steady stream of new
+    requests cannot hold a large request back for more than every other batch. When a call raises, each
+    request's part of it is searched on its own, so the exception reaches only the request whose queries
+    raise it; the rest of that request is then not searched.
     """
 
     def __init__(self, retriever: Retriever, max_batch: int = 256, max_wait_ms: float = 2.0) -> None:
@@ -159,6 +161,7 @@ class MicroBatcher:
         self.batches = 0
         self._new: collections.deque[_Pending] = collections.deque()
         self._under_way: collections.deque[_Pending] = collections.deque()
+        self._passed_over = False  # the last batch was of new requests while others were under way
         self._arrived: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="retrieve")
@@ -205,24 +208,25 @@ class MicroBatcher:
         return self._plan()
 
     def _plan(self) -> list[_Part]:
-        """Fill a batch with new requests, then requests under way; a request with queries left after it
-        goes to the back of the requests under way. Requests whose caller is gone are dropped."""
+        """The next batch: new requests, unless none wait or the last batch passed over requests under way;
+        then requests under way. A request with queries left after it goes to the back of the requests under
+        way; requests whose caller is gone are dropped."""
+        self._new = collections.deque(r for r in self._new if not r.future.done())
+        self._under_way = collections.deque(r for r in self._under_way if not r.future.done())
+        serve_new = bool(self._new) and not self._passed_over
+        self._passed_over = serve_new and bool(self._under_way)
+        source = self._new if serve_new else self._under_way
         batch: list[_Part] = []
-        room, served = self.max_batch, []
-        waiting = [r for r in (*self._new, *self._under_way) if not r.future.done()]
-        self._new.clear()
-        self._under_way.clear()
-        for request in waiting:
-            if not room:
-                (self._under_way if request.taken else self._new).append(request)
-                continue
+        room, unfinished = self.max_batch, []
+        while source and room:
+            request = source.popleft()
             take = min(request.untaken, room)
             batch.append(_Part(request, request.taken, request.taken + take))
             request.taken += take
             room -= take
             if request.untaken:
-                served.append(request)
-        self._under_way.extend(served)
+                unfinished.append(request)
+        self._under_way.extend(unfinished)
         return batch
 
     async def _search(self, queries: list[str], k: int) -> list[list[Hit]]:

@@ -192,7 +192,9 @@ def test_small_requests_are_answered_between_the_chunks_of_a_large_one() -> None
             large_task, small_tasks = await behind_a_large_request(batcher, retriever, large, ["s0", "s1"])
             retriever.gate.release()
             await retriever.wait_entered()
-            assert retriever.calls[1] == ["s0", "s1", "b4", "b5"], "the small requests waited behind chunks"
+            assert retriever.calls[1] == ["s0", "s1"], (
+                "the small requests waited for a chunk of the large one"
+            )
             retriever.gate.release()
             answers = await asyncio.wait_for(asyncio.gather(*small_tasks), 60)
             assert [hits[0][0].id for hits in answers] == ["s0", "s1"]
@@ -205,7 +207,35 @@ def test_small_requests_are_answered_between_the_chunks_of_a_large_one() -> None
             await batcher.stop()
 
     asyncio.run(run())
-    assert retriever.calls == [["b0", "b1", "b2", "b3"], ["s0", "s1", "b4", "b5"], large[6:10], large[10:]]
+    assert retriever.calls == [large[:4], ["s0", "s1"], large[4:8], large[8:]]
+
+
+def test_a_stream_of_new_requests_does_not_hold_a_large_one_back() -> None:
+    """A new request arrives during every search: the large request still gets every other batch."""
+    retriever = Gated()
+    batcher = MicroBatcher(retriever, max_batch=4, max_wait_ms=0.0)
+    large = [f"b{i}" for i in range(12)]
+
+    async def run() -> list[list[Hit]]:
+        await batcher.start()
+        try:
+            large_task = asyncio.create_task(batcher.search(large, 1))
+            small_tasks = []
+            for i in range(4):
+                await retriever.wait_entered()
+                small_tasks.append(asyncio.create_task(batcher.search([f"s{i}"], 1)))
+                for _ in range(3):
+                    await asyncio.sleep(0)
+                retriever.gate.release()
+            retriever.open_gate()
+            await asyncio.wait_for(asyncio.gather(*small_tasks), 60)
+            return await asyncio.wait_for(large_task, 60)
+        finally:
+            retriever.open_gate()
+            await batcher.stop()
+
+    assert [hits[0].id for hits in asyncio.run(run())] == large
+    assert retriever.calls == [large[:4], ["s0"], large[4:8], ["s1", "s2"], large[8:], ["s3"]]
 
 
 def test_a_failing_chunk_fails_only_its_request_and_ends_its_search() -> None:
@@ -227,8 +257,7 @@ def test_a_failing_chunk_fails_only_its_request_and_ends_its_search() -> None:
 
     failed, small = asyncio.run(run())
     assert isinstance(failed, RuntimeError) and small[0][0].id == "s0"
-    assert retriever.calls[1] == ["s0", "boom", "b5", "b6"]
-    assert retriever.calls[2:] == [["s0"], ["boom", "b5", "b6"]], "the failed request went on being searched"
+    assert retriever.calls == [large[:4], ["s0"], large[4:8]], "the failed request went on being searched"
 
 
 @pytest.mark.parametrize(
