@@ -10,7 +10,7 @@ and the big request's own time, alone and with the stream beside it. With reques
 request waits for about the chunk in progress, so the target is p99 running <= about one chunk's time.
 
     .venv/bin/python bench/bench_server_fairness.py
-    .venv/bin/python bench/bench_server_fairness.py --big-queries 1024 --small 40     # quick
+    .venv/bin/python bench/bench_server_fairness.py --big-queries 512 --small 20 --skip-alone   # quick
 """
 
 from __future__ import annotations
