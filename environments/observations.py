@@ -45,10 +45,13 @@ def format_documents(hits: Sequence[Any]) -> str:
 
 
 def hit_contents(hit: Any) -> str:
-    """A hit in Search-R1's `contents` form, `"Title"\ntext`: a Search-R1 dict's own `contents` verbatim."""
+    """A hit in Search-R1's `contents` form, `"Title"\ntext`: a Search-R1 dict's own `contents` verbatim, and
+    a `Hit`'s `contents` (its corpus row's own where the index keeps it)."""
     hit = unwrap_document(hit)
     if isinstance(hit, dict) and "contents" in hit:
         return str(hit["contents"])
+    if isinstance(getattr(hit, "contents", None), str):
+        return str(hit.contents)
     title, text = hit_fields(hit)
     return f'"{title}"\n{text}'
 

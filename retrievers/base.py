@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 
@@ -15,19 +17,34 @@ class Hit:
         title: document title ("" when the corpus has none).
         text: document body without the title.
         score: retrieval score; higher is better. Comparable only within one retriever.
+        record: the document's Search-R1 corpus row as JSON text, where the index keeps it (a row whose
+            `contents` is not `"Title"\\ntext` or that has more fields); None when `{"id", "contents"}`
+            rebuilt from id, title and text is the row.
     """
 
     id: str
     title: str
     text: str
     score: float
+    record: str | None = field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """id, title, text and score."""
+        return {name: value for name, value in asdict(self).items() if name != "record"}
+
+    def document(self) -> dict[str, Any]:
+        """The document as Search-R1's server answers it: the stored corpus row, else `{"id", "contents"}`."""
+        if self.record is not None:
+            return dict(json.loads(self.record))
+        return {"id": self.id, "contents": self.contents}
 
     @property
     def contents(self) -> str:
-        """The Search-R1 `contents` form: `"Title"\\ntext`."""
+        """The Search-R1 `contents` form: the stored row's own, else `"Title"\\ntext`."""
+        if self.record is not None:
+            contents = json.loads(self.record).get("contents")
+            if isinstance(contents, str):
+                return contents
         return f'"{self.title}"\n{self.text}'
 
 
@@ -41,3 +58,15 @@ class Retriever(Protocol):
     """
 
     def search(self, queries: list[str], k: int) -> list[list[Hit]]: ...
+
+
+def check_query_text(queries: Sequence[str]) -> None:
+    """Raise `ValueError` naming the first query that is not valid Unicode text: a lone surrogate such as
+    "\\ud800", which Python strings and JSON allow but no tokenizer accepts."""
+    for i, query in enumerate(queries):
+        try:
+            query.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(
+                f"queries[{i}] is not valid Unicode text: {exc.reason} at character {exc.start}"
+            ) from None

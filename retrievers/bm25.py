@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from retrievers.base import Hit
+from retrievers.base import Hit, check_query_text
 from retrievers.dense import hits_from_rows
 from retrievers.docstore import DocStore
 from retrievers.index_meta import BM25_DIR, DOCS_FILE, read_meta
@@ -84,6 +84,7 @@ class BM25Retriever:
     def search(self, queries: list[str], k: int) -> list[list[Hit]]:
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
+        check_query_text(queries)
         if not queries:
             return []
         scores, rows = self.search_rows(queries, k)

@@ -1,8 +1,10 @@
 """An HTTP client for a Search-R1-compatible retrieval server, implementing the `Retriever` interface.
 
 Environments cannot tell it from a local index: `search(queries, k)` returns the same `Hit`s, with title and
-text parsed back out of Search-R1's `contents` field. Connection errors, timeouts, 429 and 5xx answers are
-retried with exponential backoff; other errors (401, 422) raise at once with the server's message.
+text parsed back out of Search-R1's `contents` field and the server's document kept as the hit's `record`
+where `{"id", "contents"}` rebuilt from them would differ from it. Connection errors, timeouts, 429 and 5xx
+answers are retried with exponential backoff; other errors (401, 413, 422) raise at once with the server's
+message.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import time
 from typing import Any
 
 from retrievers.base import Hit
-from retrievers.corpora import split_contents
+from retrievers.corpora import kept_record, split_contents
 
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 
@@ -124,9 +126,9 @@ def parse_result(answer: Any, num_queries: int) -> list[list[Hit]]:
         hits = []
         for entry in entries:
             doc = entry.get("document", entry)
+            doc_id = str(doc.get("id", ""))
             title, text = split_contents(str(doc.get("contents", "")))
-            hits.append(
-                Hit(id=str(doc.get("id", "")), title=title, text=text, score=float(entry.get("score", 0.0)))
-            )
+            record = kept_record(doc, doc_id, title, text)
+            hits.append(Hit(doc_id, title, text, float(entry.get("score", 0.0)), record))
         out.append(hits)
     return out

@@ -1,7 +1,9 @@
 """Streaming corpus readers: every format yields `Document(id, title, text)` one at a time.
 
 Formats (names accepted by `--corpus-format`):
-- `searchr1`: JSONL `{"id", "contents": "\"Title\"\\ntext"}` (Search-R1 / FlashRAG `wiki-18.jsonl`).
+- `searchr1`: JSONL `{"id", "contents": "\"Title\"\\ntext"}` (Search-R1 / FlashRAG `wiki-18.jsonl`); a row
+  that `{"id", "contents"}` rebuilt from title and text would not give back (another contents layout, more
+  fields) is kept whole in `Document.record`, so the server can answer it as stored.
 - `dpr`: TSV with a header `id<TAB>text<TAB>title` (DPR `psgs_w100.tsv`).
 - `jsonl`, `parquet`: records with `id`, `text` and optionally `title`.
 - `hotpotqa`, `2wiki`: question files; their context paragraphs become documents, deduplicated by title
@@ -15,9 +17,10 @@ Bad input raises `CorpusFormatError` naming the file, line and field.
 from __future__ import annotations
 
 import csv
+import json
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -27,9 +30,13 @@ from agentrl.core.registry import Registry
 
 @dataclass(frozen=True)
 class Document:
+    """One corpus document. `record` is its Search-R1 corpus row as JSON text, kept when `{"id", "contents"}`
+    rebuilt from id, title and text would not give that row back (see `kept_record`); None otherwise."""
+
     id: str
     title: str
     text: str
+    record: str | None = field(default=None, compare=False, repr=False)
 
     @property
     def contents(self) -> str:
@@ -132,11 +139,20 @@ def split_contents(contents: str) -> tuple[str, str]:
     return title, body
 
 
+def kept_record(record: dict[str, Any], doc_id: str, title: str, text: str) -> str | None:
+    """A Search-R1 row as JSON text, or None when it is exactly `{"id": doc_id, "contents": '"title"\\ntext'}`
+    (fields in that order), which can be rebuilt from the document instead of stored."""
+    if list(record.items()) == [("id", doc_id), ("contents", f'"{title}"\n{text}')]:
+        return None
+    return json.dumps(record, ensure_ascii=False)
+
+
 @CORPUS_FORMATS.register("searchr1", "flashrag")
 def read_searchr1(path: Path) -> Iterator[Document]:
     for line, record in _jsonl_records(path):
+        doc_id = _field(record, "id", path, line)
         title, text = split_contents(_field(record, "contents", path, line))
-        yield Document(_field(record, "id", path, line), title, text)
+        yield Document(doc_id, title, text, kept_record(record, doc_id, title, text))
 
 
 @CORPUS_FORMATS.register("jsonl")

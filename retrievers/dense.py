@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from retrievers.base import Hit
+from retrievers.base import Hit, check_query_text
 from retrievers.docstore import DocStore
 from retrievers.encoders import Encoder, EncoderSpec
 from retrievers.index_meta import DOCS_FILE, FAISS_FILE, read_meta
@@ -185,6 +185,7 @@ class DenseRetriever:
     def search(self, queries: list[str], k: int) -> list[list[Hit]]:
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
+        check_query_text(queries)
         if not queries:
             return []
         scores, rows = self.search_vectors(self.encode_queries(queries), k)
@@ -202,6 +203,6 @@ def hits_from_rows(docs: DocStore, scores: np.ndarray, rows: np.ndarray) -> list
             if row < 0:
                 continue
             doc = next(fetched)
-            hits.append(Hit(id=doc.id, title=doc.title, text=doc.text, score=float(score)))
+            hits.append(Hit(doc.id, doc.title, doc.text, float(score), doc.record))
         out.append(hits)
     return out

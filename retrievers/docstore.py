@@ -2,6 +2,8 @@
 
 Row numbers are the positions of the documents in the corpus stream, 0-based; they are the ids stored in the
 FAISS index and the BM25 matrix, so `get_rows(index_result_rows)` maps search results back to documents.
+A document's `record` (its corpus row as JSON text, where the corpus reader kept one) is stored beside it; a
+store written before that column existed reads back with `record` None.
 """
 
 from __future__ import annotations
@@ -13,7 +15,10 @@ from pathlib import Path
 
 from retrievers.corpora import Document
 
-_SCHEMA = "CREATE TABLE IF NOT EXISTS docs (row INTEGER PRIMARY KEY, id TEXT NOT NULL, title TEXT, text TEXT)"
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS docs "
+    "(row INTEGER PRIMARY KEY, id TEXT NOT NULL, title TEXT, text TEXT, record TEXT)"
+)
 _BATCH = 5000
 
 
@@ -28,12 +33,12 @@ class DocStoreWriter:
         self._conn.execute("PRAGMA journal_mode=OFF")
         self._conn.execute("PRAGMA synchronous=OFF")
         self._conn.execute(_SCHEMA)
-        self._pending: list[tuple[int, str, str, str]] = []
+        self._pending: list[tuple[int, str, str, str, str | None]] = []
         self.count = 0
 
     def add(self, doc: Document) -> int:
         row = self.count
-        self._pending.append((row, doc.id, doc.title, doc.text))
+        self._pending.append((row, doc.id, doc.title, doc.text, doc.record))
         self.count += 1
         if len(self._pending) >= _BATCH:
             self._flush()
@@ -45,7 +50,7 @@ class DocStoreWriter:
         return self.count
 
     def _flush(self) -> None:
-        self._conn.executemany("INSERT INTO docs VALUES (?, ?, ?, ?)", self._pending)
+        self._conn.executemany("INSERT INTO docs VALUES (?, ?, ?, ?, ?)", self._pending)
         self._pending.clear()
 
     def close(self) -> None:
@@ -76,6 +81,8 @@ class DocStore:
         self._lock = threading.Lock()
         with self._lock:
             self._size = int(self._conn.execute("SELECT COUNT(*) FROM docs").fetchone()[0])
+            columns = {info[1] for info in self._conn.execute("PRAGMA table_info(docs)")}
+        self._fields = "id, title, text, " + ("record" if "record" in columns else "NULL")
 
     def __len__(self) -> int:
         return self._size
@@ -90,9 +97,9 @@ class DocStore:
             for start in range(0, len(unique), 900):
                 chunk = unique[start : start + 900]
                 marks = ",".join("?" * len(chunk))
-                query = f"SELECT row, id, title, text FROM docs WHERE row IN ({marks})"
-                for row, doc_id, title, text in self._conn.execute(query, chunk):
-                    found[row] = Document(doc_id, title or "", text or "")
+                query = f"SELECT row, {self._fields} FROM docs WHERE row IN ({marks})"
+                for row, *fields in self._conn.execute(query, chunk):
+                    found[row] = _document(fields)
         missing = [r for r in unique if r not in found]
         if missing:
             raise KeyError(
@@ -106,9 +113,9 @@ class DocStore:
         with self._lock:
             for doc_id in ids:
                 hit = self._conn.execute(
-                    "SELECT id, title, text FROM docs WHERE id = ?", (doc_id,)
+                    f"SELECT {self._fields} FROM docs WHERE id = ?", (doc_id,)
                 ).fetchone()
-                out.append(Document(hit[0], hit[1] or "", hit[2] or "") if hit else None)
+                out.append(_document(hit) if hit else None)
         return out
 
     def iter_range(self, start: int = 0, stop: int | None = None, batch: int = _BATCH) -> Iterator[Document]:
@@ -118,11 +125,17 @@ class DocStore:
             hi = min(lo + batch, stop)
             with self._lock:
                 rows = self._conn.execute(
-                    "SELECT id, title, text FROM docs WHERE row >= ? AND row < ? ORDER BY row", (lo, hi)
+                    f"SELECT {self._fields} FROM docs WHERE row >= ? AND row < ? ORDER BY row", (lo, hi)
                 ).fetchall()
-            for doc_id, title, text in rows:
-                yield Document(doc_id, title or "", text or "")
+            for fields in rows:
+                yield _document(fields)
 
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+
+def _document(fields: Sequence[str | None]) -> Document:
+    """A `Document` from the (id, title, text, record) columns of one row."""
+    doc_id, title, text, record = fields
+    return Document(str(doc_id), title or "", text or "", record)

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from retrievers.base import Hit
+from retrievers.base import Hit, check_query_text
 from retrievers.bm25 import BM25Retriever
 from retrievers.dense import DenseRetriever, hits_from_rows
 from retrievers.index_meta import read_meta
@@ -52,6 +52,7 @@ class HybridRetriever:
     def search(self, queries: list[str], k: int) -> list[list[Hit]]:
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
+        check_query_text(queries)
         if not queries:
             return []
         depth = self.depth or max(2 * k, 20)

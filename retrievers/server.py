@@ -2,19 +2,24 @@
 
 `POST /retrieve` takes Search-R1's request `{"queries": [...], "topk": k, "return_scores": bool}` and answers
 `{"result": [[{"document": {"id", "contents"}, "score": s}, ...], ...]}` with scores, or
-`{"result": [[{"id", "contents"}, ...], ...]}` without. `GET /health` and `GET /info` describe the server.
+`{"result": [[{"id", "contents"}, ...], ...]}` without. Each document is the corpus row as stored where the
+index keeps it (`Hit.document`): `contents` exactly as in the corpus file, and any other fields of the row.
+`GET /health` and `GET /info` describe the server. A request body larger than `max_body_bytes` is answered
+413 before it is read (`BodyLimit`).
 
-Concurrent requests are micro-batched: a worker takes the requests waiting in the queue (up to `max_batch`
-queries, waiting at most `max_wait_ms` for more after the first) and answers them with one encode + search.
-A request larger than `max_batch` is split into chunks of at most `max_batch` queries, so one encode + search
-never holds more than `max_batch` queries whatever the request size (the encoder then works through them in
-micro-batches of its own). Every request is validated before it joins a batch, and a batch that fails is
-answered request by request, so a failure reaches only the request that caused it.
+Concurrent requests are micro-batched: a worker takes the requests waiting (up to `max_batch` queries,
+waiting at most `max_wait_ms` for more after the first) and answers them with one encode + search. A request
+larger than `max_batch` is searched `max_batch` queries at a time, so one encode + search never holds more
+than `max_batch` queries whatever the request size (the encoder then works through them in micro-batches of
+its own), and requests take turns: one that arrives while a large request is being searched is answered by
+the next batch, before the large request's next chunk. Every request is validated before it joins a batch,
+and a batch that fails is answered request by request, so a failure reaches only the request that caused it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hmac
 import math
@@ -29,7 +34,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, StrictInt
 
-from retrievers.base import Hit, Retriever
+from retrievers.base import Hit, Retriever, check_query_text
 
 
 class RetrieveRequest(BaseModel):
@@ -55,12 +60,16 @@ class ServerLimits:
         max_query_chars: longer queries are cut to this many characters before encoding (not refused); the
             encoder then truncates each query to its `max_length` tokens, as Search-R1's server does.
         default_topk: `topk` used when a request leaves it out or sends 0.
+        max_body_bytes: largest request body (more: 413, refused from its Content-Length before it is read,
+            or as soon as a chunked body grows past it). 16 MiB admits the GRPO recipe's 2,560 queries up to
+            about 6,500 characters each, and 16,384 queries of about 1,000.
     """
 
     max_queries: int = 16384
     max_topk: int = 100
     max_query_chars: int = 4096
     default_topk: int = 3
+    max_body_bytes: int = 16 * 2**20
 
 
 @dataclass
@@ -83,6 +92,7 @@ class ServerConfig:
             ("--max-queries", limits.max_queries),
             ("--max-topk", limits.max_topk),
             ("--max-query-chars", limits.max_query_chars),
+            ("--max-body-bytes", limits.max_body_bytes),
         ):
             if value < 1:
                 raise ValueError(f"{option} must be at least 1, got {value}")
@@ -97,17 +107,49 @@ class ServerConfig:
 
 @dataclass
 class _Pending:
+    """A request in the batcher: its queries, how many of them have joined a batch, the hits so far."""
+
     queries: list[str]
     k: int
     future: asyncio.Future[list[list[Hit]]]
+    taken: int = 0
+    hits: list[list[Hit]] = field(default_factory=list)
+
+    @property
+    def untaken(self) -> int:
+        return len(self.queries) - self.taken
+
+    def deliver(self, hits: list[list[Hit]]) -> None:
+        """Add the hits of the request's next queries; the request is answered once it has them all."""
+        self.hits.extend(query_hits[: self.k] for query_hits in hits)
+        if len(self.hits) == len(self.queries):
+            _resolve(self.future, self.hits)
+
+
+@dataclass
+class _Part:
+    """Queries `start:stop` of one request, as one batch holds them."""
+
+    request: _Pending
+    start: int
+    stop: int
+
+    @property
+    def queries(self) -> list[str]:
+        return self.request.queries[self.start : self.stop]
 
 
 class MicroBatcher:
     """Collects concurrent searches into batches answered by one `retriever.search` call each.
 
-    `search(queries, k)` splits `queries` into chunks of at most `max_batch`; the worker packs waiting chunks
-    into one call of at most `max_batch` queries. When that call raises, each chunk in it is searched on its
-    own, so the exception reaches only the request whose queries raise it.
+    A batch holds at most `max_batch` queries, either of new requests (not searched yet), packed in arrival
+    order, or of requests under way (larger than one batch), which take turns, the one served longest ago
+    first. While both wait, the two kinds of batch alternate. So a large request is searched `max_batch`
+    queries at a time, a request that arrives meanwhile is answered once the batch in progress is done
+    (without waiting for a batch's worth of the large request's queries), and a steady stream of new
+    requests cannot hold a large request back for more than every other batch. When a call raises, each
+    request's part of it is searched on its own, so the exception reaches only the request whose queries
+    raise it; the rest of that request is then not searched.
     """
 
     def __init__(self, retriever: Retriever, max_batch: int = 256, max_wait_ms: float = 2.0) -> None:
@@ -117,13 +159,15 @@ class MicroBatcher:
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000.0
         self.batches = 0
-        self._queue: asyncio.Queue[_Pending] | None = None
-        self._held: _Pending | None = None
+        self._new: collections.deque[_Pending] = collections.deque()
+        self._under_way: collections.deque[_Pending] = collections.deque()
+        self._passed_over = False  # the last batch was of new requests while others were under way
+        self._arrived: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="retrieve")
 
     async def start(self) -> None:
-        self._queue = asyncio.Queue()
+        self._arrived = asyncio.Event()
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
@@ -135,88 +179,100 @@ class MicroBatcher:
 
     async def search(self, queries: list[str], k: int) -> list[list[Hit]]:
         """Hits for `queries`, in order; raises what the retriever raised for these queries."""
-        if self._queue is None:
+        if self._arrived is None:
             raise RuntimeError("the batcher is not running")
-        loop = asyncio.get_running_loop()
-        chunks = [queries[i : i + self.max_batch] for i in range(0, len(queries), self.max_batch)]
-        futures: list[asyncio.Future[list[list[Hit]]]] = []
-        for chunk in chunks:
-            futures.append(loop.create_future())
-            await self._queue.put(_Pending(chunk, k, futures[-1]))
-        parts = await asyncio.gather(*futures, return_exceptions=True)
-        results: list[list[Hit]] = []
-        for part in parts:
-            if isinstance(part, BaseException):
-                raise part
-            results.extend(part)
-        return results
+        if not queries:
+            return []
+        future: asyncio.Future[list[list[Hit]]] = asyncio.get_running_loop().create_future()
+        self._new.append(_Pending(list(queries), k, future))
+        self._arrived.set()
+        return await future
 
-    async def _next(self, timeout: float | None) -> _Pending | None:
-        """The chunk put back by the last `_collect`, else the next queued one (None after `timeout`)."""
-        assert self._queue is not None
-        if self._held is not None:
-            item, self._held = self._held, None
-            return item
-        if timeout is None:
-            return await self._queue.get()
-        with contextlib.suppress(asyncio.QueueEmpty):
-            return self._queue.get_nowait()
-        if timeout <= 0:
-            return None
-        try:
-            return await asyncio.wait_for(self._queue.get(), timeout)
-        except asyncio.TimeoutError:
-            return None
+    def _waiting(self) -> int:
+        """Queries of live requests that have not joined a batch yet."""
+        return sum(r.untaken for r in (*self._new, *self._under_way) if not r.future.done())
 
-    async def _collect(self) -> list[_Pending]:
-        first = await self._next(None)
-        assert first is not None
-        batch, size = [first], len(first.queries)
+    async def _wait_for_arrival(self, timeout: float | None) -> None:
+        assert self._arrived is not None
+        self._arrived.clear()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._arrived.wait(), timeout)
+
+    async def _collect(self) -> list[_Part]:
+        """The next batch, once a request waits and `max_batch` queries wait or `max_wait` has passed."""
+        while not self._waiting():
+            await self._wait_for_arrival(None)
         deadline = time.monotonic() + self.max_wait
-        while size < self.max_batch:
-            item = await self._next(deadline - time.monotonic())
-            if item is None:
-                break
-            if size + len(item.queries) > self.max_batch:
-                self._held = item
-                break
-            batch.append(item)
-            size += len(item.queries)
+        while self._waiting() < self.max_batch and (left := deadline - time.monotonic()) > 0:
+            await self._wait_for_arrival(left)
+        return self._plan()
+
+    def _plan(self) -> list[_Part]:
+        """The next batch: new requests, unless none wait or the last batch passed over requests under way;
+        then requests under way. A request with queries left after it goes to the back of the requests under
+        way; requests whose caller is gone are dropped."""
+        self._new = collections.deque(r for r in self._new if not r.future.done())
+        self._under_way = collections.deque(r for r in self._under_way if not r.future.done())
+        serve_new = bool(self._new) and not self._passed_over
+        self._passed_over = serve_new and bool(self._under_way)
+        source = self._new if serve_new else self._under_way
+        batch: list[_Part] = []
+        room, unfinished = self.max_batch, []
+        while source and room:
+            request = source.popleft()
+            take = min(request.untaken, room)
+            batch.append(_Part(request, request.taken, request.taken + take))
+            request.taken += take
+            room -= take
+            if request.untaken:
+                unfinished.append(request)
+        self._under_way.extend(unfinished)
         return batch
 
     async def _search(self, queries: list[str], k: int) -> list[list[Hit]]:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.retriever.search, queries, k)
+        results = await loop.run_in_executor(self._executor, self.retriever.search, queries, k)
+        if len(results) != len(queries):
+            raise RuntimeError(
+                f"the retriever answered {len(results)} result lists for {len(queries)} queries"
+            )
+        return results
 
     async def _run(self) -> None:
         while True:
-            batch = [item for item in await self._collect() if not item.future.done()]
-            if not batch:
+            batch = await self._collect()
+            if batch:
+                await self._answer(batch)
+
+    async def _answer(self, batch: list[_Part]) -> None:
+        """Search a batch with one call and hand each request its part of the hits."""
+        queries = [q for part in batch for q in part.queries]
+        try:
+            results = await self._search(queries, max(part.request.k for part in batch))
+        except Exception as exc:
+            await self._answer_each(batch, exc)
+            return
+        self.batches += 1
+        offset = 0
+        for part in batch:
+            part.request.deliver(results[offset : offset + part.stop - part.start])
+            offset += part.stop - part.start
+
+    async def _answer_each(self, batch: list[_Part], exc: Exception) -> None:
+        """Answer the parts of a failed batch one by one, so each request gets its own result or exception."""
+        if len(batch) == 1:
+            _reject(batch[0].request.future, exc)
+            return
+        for part in batch:
+            if part.request.future.done():
                 continue
-            queries = [q for item in batch for q in item.queries]
             try:
-                results = await self._search(queries, max(item.k for item in batch))
-            except Exception as exc:
-                await self._answer_each(batch, exc)
+                hits = await self._search(part.queries, part.request.k)
+            except Exception as own:
+                _reject(part.request.future, own)
                 continue
             self.batches += 1
-            offset = 0
-            for item in batch:
-                part = [hits[: item.k] for hits in results[offset : offset + len(item.queries)]]
-                offset += len(item.queries)
-                _resolve(item.future, part)
-
-    async def _answer_each(self, batch: list[_Pending], exc: Exception) -> None:
-        """Answer the chunks of a failed batch one by one, so each gets its own result or exception."""
-        if len(batch) == 1:
-            _reject(batch[0].future, exc)
-            return
-        for item in batch:
-            try:
-                _resolve(item.future, await self._search(item.queries, item.k))
-                self.batches += 1
-            except Exception as own:
-                _reject(item.future, own)
+            part.request.deliver(hits)
 
 
 def _resolve(future: asyncio.Future[list[list[Hit]]], result: list[list[Hit]]) -> None:
@@ -251,16 +307,76 @@ def prepare_queries(queries: list[str], limits: ServerLimits) -> list[str]:
         raise RequestError(
             f"at most {limits.max_queries} queries per request, got {len(queries)}; split the batch"
         )
-    prepared = []
-    for i, query in enumerate(queries):
-        try:
-            query.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise RequestError(
-                f"queries[{i}] is not valid Unicode text: {exc.reason} at character {exc.start}"
-            ) from None
-        prepared.append(query[: limits.max_query_chars])
-    return prepared
+    try:
+        check_query_text(queries)
+    except ValueError as exc:
+        raise RequestError(str(exc)) from None
+    return [query[: limits.max_query_chars] for query in queries]
+
+
+class BodyLimit:
+    """ASGI middleware refusing, with 413, a request whose body is larger than `max_bytes`.
+
+    A Content-Length over the limit is refused before a byte of the body is read; a chunked body is read up
+    to the limit and refused as soon as it passes it. The refusal leaves the connection open (the server
+    discards the rest of that body), so a keep-alive client can go on with its next request. Bodies within
+    the limit are read whole and handed on to the application unchanged.
+    """
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = declared_length(scope)
+        messages = None if declared is not None and declared > self.max_bytes else await self._read(receive)
+        if messages is None:
+            await self._refuse(scope, receive, send)
+            return
+        await self.app(scope, replay(messages, receive), send)
+
+    async def _read(self, receive: Any) -> list[dict[str, Any]] | None:
+        """The request's body messages, None once they hold more than `max_bytes`."""
+        messages, size = [], 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                return messages
+            size += len(message.get("body", b""))
+            if size > self.max_bytes:
+                return None
+            if not message.get("more_body", False):
+                return messages
+
+    async def _refuse(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        detail = (
+            f"request body is larger than the server's limit of {self.max_bytes} bytes (--max-body-bytes); "
+            "send fewer or shorter queries per request"
+        )
+        await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
+
+
+def declared_length(scope: dict[str, Any]) -> int | None:
+    """The request's Content-Length, None when it has none (a chunked body) or one that is not a number."""
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            with contextlib.suppress(ValueError):
+                return int(value)
+    return None
+
+
+def replay(messages: list[dict[str, Any]], receive: Any) -> Any:
+    """An ASGI `receive` that hands out `messages` first, then whatever `receive` brings."""
+    pending = collections.deque(messages)
+
+    async def next_message() -> dict[str, Any]:
+        return pending.popleft() if pending else await receive()
+
+    return next_message
 
 
 def validation_details(errors: Any) -> list[dict[str, Any]]:
@@ -303,6 +419,7 @@ def create_app(
             raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
 
     app = FastAPI(title="agentrl retrieval server", lifespan=lifespan, dependencies=[Depends(check_token)])
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
     app.state.batcher = batcher
 
     @app.exception_handler(RequestValidationError)
@@ -334,12 +451,9 @@ def create_app(
             raise HTTPException(500, f"search failed: {type(exc).__name__}: {exc}") from None
         if body.return_scores:
             return {
-                "result": [
-                    [{"document": {"id": h.id, "contents": h.contents}, "score": h.score} for h in hits]
-                    for hits in results
-                ]
+                "result": [[{"document": h.document(), "score": h.score} for h in hits] for hits in results]
             }
-        return {"result": [[{"id": h.id, "contents": h.contents} for h in hits] for hits in results]}
+        return {"result": [[h.document() for h in hits] for hits in results]}
 
     return app
 

@@ -40,6 +40,12 @@ def serve_retriever(
         ),
     ] = 4096,
     default_topk: Annotated[int, typer.Option(help="topk used when a request leaves it out or sends 0.")] = 3,
+    max_body_bytes: Annotated[
+        int,
+        typer.Option(
+            help="Largest request body in bytes (more: 413, refused from its Content-Length before reading)."
+        ),
+    ] = 16 * 2**20,
     device: Annotated[str, typer.Option(help="Query encoding device: auto, cpu, cuda:0.")] = "auto",
     nprobe: Annotated[int | None, typer.Option(help="IVF lists visited per query (IVF indexes).")] = None,
     ef_search: Annotated[int | None, typer.Option(help="HNSW search depth (HNSW indexes).")] = None,
@@ -50,7 +56,7 @@ def serve_retriever(
     from retrievers.server import ServerConfig, ServerLimits, serve
 
     with user_errors():
-        limits = ServerLimits(max_queries, max_topk, max_query_chars, default_topk)
+        limits = ServerLimits(max_queries, max_topk, max_query_chars, default_topk, max_body_bytes)
         config = ServerConfig(host, port, token, max_batch, max_wait_ms, limits)
         config.check()
         for option, value in (("--nprobe", nprobe), ("--ef-search", ef_search)):

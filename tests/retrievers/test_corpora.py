@@ -66,6 +66,28 @@ def test_dpr_jsonl_and_parquet(tmp_path: Path) -> None:
     assert list(read_corpus(parquet)) == [Document("a", "A", "x"), Document("b", "", "y")]
 
 
+def test_searchr1_rows_are_kept_only_where_rebuilding_would_change_them(tmp_path: Path) -> None:
+    rows = [
+        {"id": "0", "contents": '"Aaron"\nAaron is a prophet.'},
+        {"id": "1", "contents": "no title line"},
+        {"id": "2", "contents": '"B"\nbody', "url": "https://b.example"},
+        {"id": 3, "contents": '"C"\nbody'},
+    ]
+    corpus = tmp_path / "wiki.jsonl"
+    corpus.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    docs = list(read_corpus(corpus))
+    assert docs[0].record is None, "a row in the usual layout is rebuilt, not stored twice"
+    assert [json.loads(d.record or "null") for d in docs[1:]] == rows[1:]
+    writer = DocStoreWriter(tmp_path / "docs.sqlite")
+    writer.add_all(docs)
+    writer.close()
+    assert [d.record for d in DocStore(tmp_path / "docs.sqlite").get_rows([3, 0, 1])] == [
+        docs[3].record,
+        None,
+        docs[1].record,
+    ]
+
+
 def test_errors_name_file_line_and_field(tmp_path: Path) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "1", "contents": "\\"T\\"\\nx"}\n{"id": "2"}\n', encoding="utf-8")

@@ -9,6 +9,7 @@ The two client functions below follow Search-R1's documented request/response sh
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,8 @@ def test_serve_retriever_defaults_are_the_server_defaults(world_bm25_index: Path
     assert result.exit_code == 0, result.output
     assert started == [ServerConfig()]
     assert started[0].limits.max_queries >= RECIPE_QUERIES
+    recipe_body = json.dumps({"queries": recipe_queries(RECIPE_QUERIES), "topk": 3, "return_scores": True})
+    assert len(recipe_body.encode()) * 10 < started[0].limits.max_body_bytes
 
 
 def test_search_r1_recipe_batch_of_2560_queries(bm25_server: ServerThread, world_bm25_index: Path) -> None:
@@ -137,6 +140,7 @@ def test_search_env_searchr1_format_matches_search_r1_rendering(bm25_server: Ser
         (["--default-topk", "500", "--max-topk", "100"], "--default-topk must be between 1 and --max-topk"),
         (["--max-topk", "0"], "--max-topk must be at least 1, got 0"),
         (["--max-queries", "-1"], "--max-queries must be at least 1"),
+        (["--max-body-bytes", "0"], "--max-body-bytes must be at least 1, got 0"),
         (["--max-wait-ms", "nan"], "--max-wait-ms must be a finite number >= 0"),
         (["--nprobe", "0"], "--nprobe must be at least 1"),
     ],

@@ -1,16 +1,24 @@
-"""The retrieval server over real HTTP on loopback: Search-R1's request, 422s, token, concurrency, client."""
+"""The retrieval server over real HTTP on loopback: Search-R1's request, 422s, token, concurrency, client,
+corpus rows returned as stored."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import shutil
 import socket
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from environments.observations import format_documents_searchr1
 from retrievers import open_retriever
+from retrievers.base import Retriever
+from retrievers.build import BuildConfig, build_index
 from retrievers.client import HttpRetriever, RetrievalServerError
+from retrievers.index_meta import read_meta
 from retrievers.server import ServerConfig, ServerLimits, ServerThread
 from tests.conftest import requires_minilm
 
@@ -165,3 +173,89 @@ def test_non_finite_boolean_and_unknown_fields_get_422(
         assert response.status_code == 422 and message in response.text
         again = client.post(server.url + "/retrieve", json={"queries": ["Paris"], "topk": 1})
     assert again.status_code == 200 and len(again.json()["result"][0]) == 1
+
+
+ODD_ROWS = [
+    {"id": "r1", "contents": "No title layout here, just a line about a zebra."},
+    {"id": "r2", "contents": '  "Padded"  \n a zebra with whitespace on both ends \t\n'},
+    {"id": "r3", "contents": '"Zürich"\nA zebra in Zürich — naïve café ✓ 日本語'},
+    {
+        "id": "r4",
+        "contents": '"Zebra"\nzebra facts',
+        "url": "https://en.wikipedia.org/wiki/Zebra",
+        "n": [1.5],
+    },
+    {"id": 5, "contents": '"Numbered"\na zebra whose id is a JSON number'},
+    {"contents": '"Reordered"\na zebra stored contents first', "id": "r6", "lang": "ünï"},
+]
+ZEBRA = {"queries": ["zebra"], "topk": len(ODD_ROWS), "return_scores": True}
+
+
+@pytest.fixture(scope="module", params=["bm25", "dense"])
+def odd_rows_index(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An index over Search-R1 rows whose contents stray from the `"Title"\\ntext` layout, hold non-ASCII
+    text or come with more fields."""
+    work = tmp_path_factory.mktemp(f"odd-rows-{request.param}")
+    corpus = work / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ODD_ROWS), encoding="utf-8")
+    out = work / "index"
+    config = BuildConfig(
+        str(corpus), str(out), kind=request.param, max_length=64, device="cpu", progress=False
+    )
+    build_index(config)
+    return out
+
+
+def open_local(index: Path) -> Retriever:
+    """The index's retriever, dense ones encoding queries on the CPU."""
+    return open_retriever(index, **({"device": "cpu"} if "encoder" in read_meta(index) else {}))
+
+
+def served_documents(url: str, return_scores: bool = True) -> list[dict[str, object]]:
+    """The documents `/retrieve` answers for "zebra", every row of `ODD_ROWS` among them."""
+    import requests
+
+    body = {**ZEBRA, "return_scores": return_scores}
+    result = requests.post(url + "/retrieve", json=body, timeout=60).json()["result"][0]
+    return [entry["document"] if return_scores else entry for entry in result]
+
+
+@pytest.mark.parametrize("return_scores", [True, False])
+def test_retrieve_returns_each_corpus_row_as_stored(odd_rows_index: Path, return_scores: bool) -> None:
+    stored = {str(row["id"]): row for row in ODD_ROWS}
+    with ServerThread(open_local(odd_rows_index), ServerConfig(port=0)) as running:
+        documents = served_documents(running.url, return_scores)
+    assert sorted(str(d["id"]) for d in documents) == sorted(stored)
+    for document in documents:
+        row = stored[str(document["id"])]
+        assert list(document.items()) == list(row.items())
+        assert str(document["contents"]).encode() == str(row["contents"]).encode()
+
+
+def test_client_and_local_hits_keep_the_stored_contents(odd_rows_index: Path) -> None:
+    stored = {str(row["id"]): row["contents"] for row in ODD_ROWS}
+    local = open_local(odd_rows_index)
+    with ServerThread(local, ServerConfig(port=0)) as running:
+        served = [{"document": d} for d in served_documents(running.url)]
+        remote = HttpRetriever(running.url).search(["zebra"], len(ODD_ROWS))[0]
+    hits = local.search(["zebra"], len(ODD_ROWS))[0]
+    assert [h.contents for h in hits] == [stored[h.id] for h in hits]
+    fields = [[(h.id, h.title, h.text, h.contents) for h in found] for found in (remote, hits)]
+    assert fields[0] == fields[1]
+    assert format_documents_searchr1(remote) == format_documents_searchr1(served)
+
+
+def test_an_index_without_stored_rows_answers_title_and_text(odd_rows_index: Path, tmp_path: Path) -> None:
+    """An index whose document store predates stored rows: `contents` is rebuilt from title and text."""
+    old = shutil.copytree(odd_rows_index, tmp_path / "old")
+    with sqlite3.connect(old / "docs.sqlite") as conn:
+        conn.execute("ALTER TABLE docs DROP COLUMN record")
+    retriever = open_local(old)
+    with ServerThread(retriever, ServerConfig(port=0)) as running:
+        documents = served_documents(running.url)
+    hits = {h.id: h for h in retriever.search(["zebra"], len(ODD_ROWS))[0]}
+    rebuilt = [
+        {"id": d["id"], "contents": f'"{hits[d["id"]].title}"\n{hits[d["id"]].text}'} for d in documents
+    ]
+    assert documents == rebuilt
+    assert {d["id"]: d["contents"] for d in documents}["r3"] == ODD_ROWS[2]["contents"]
