@@ -6,6 +6,8 @@ FAISS index and the BM25 matrix, so `get_rows(index_result_rows)` maps search re
 
 from __future__ import annotations
 
+import contextlib
+import json
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -15,6 +17,25 @@ from retrievers.corpora import Document
 
 _SCHEMA = "CREATE TABLE IF NOT EXISTS docs (row INTEGER PRIMARY KEY, id TEXT NOT NULL, title TEXT, text TEXT)"
 _BATCH = 5000
+
+
+class DocStoreError(ValueError):
+    """A document store that sqlite cannot read (truncated, overwritten, or not written by agentrl)."""
+
+    def __init__(self, path: Path, error: sqlite3.Error) -> None:
+        super().__init__(
+            f"{path} is not a readable document store: {error} (truncated or corrupt?); rebuild the index "
+            f"with {rebuild_command(path.parent)}"
+        )
+        self.path = path
+
+
+def rebuild_command(index_dir: Path) -> str:
+    """The `agentrl index build` command that remakes `index_dir`, with the corpus its meta.json names."""
+    corpus = "CORPUS"
+    with contextlib.suppress(OSError, ValueError, AttributeError, TypeError):
+        corpus = str(json.loads((index_dir / "meta.json").read_text(encoding="utf-8"))["corpus"]["path"])
+    return f"`agentrl index build --corpus {corpus} --out {index_dir} --overwrite`"
 
 
 class DocStoreWriter:
@@ -66,7 +87,10 @@ class DocStoreWriter:
 
 
 class DocStore:
-    """Read-only access to a store written by `DocStoreWriter`; safe to share between threads."""
+    """Read-only access to a store written by `DocStoreWriter`; safe to share between threads.
+
+    A file sqlite cannot read raises DocStoreError, on opening or on the first query that meets the damage.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -74,8 +98,21 @@ class DocStore:
             raise FileNotFoundError(f"document store {self.path} does not exist")
         self._conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
         self._lock = threading.Lock()
+        try:
+            with self._reading():
+                self._size = int(self._conn.execute("SELECT COUNT(*) FROM docs").fetchone()[0])
+        except DocStoreError:
+            self._conn.close()
+            raise
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[None]:
+        """Hold the lock; sqlite errors become DocStoreError naming the file."""
         with self._lock:
-            self._size = int(self._conn.execute("SELECT COUNT(*) FROM docs").fetchone()[0])
+            try:
+                yield
+            except sqlite3.DatabaseError as exc:
+                raise DocStoreError(self.path, exc) from None
 
     def __len__(self) -> int:
         return self._size
@@ -86,7 +123,7 @@ class DocStore:
         if not unique:
             return []
         found: dict[int, Document] = {}
-        with self._lock:
+        with self._reading():
             for start in range(0, len(unique), 900):
                 chunk = unique[start : start + 900]
                 marks = ",".join("?" * len(chunk))
@@ -103,7 +140,7 @@ class DocStore:
     def get_ids(self, ids: Sequence[str]) -> list[Document | None]:
         """Documents with `ids`, None where an id is unknown."""
         out: list[Document | None] = []
-        with self._lock:
+        with self._reading():
             for doc_id in ids:
                 hit = self._conn.execute(
                     "SELECT id, title, text FROM docs WHERE id = ?", (doc_id,)
@@ -116,7 +153,7 @@ class DocStore:
         stop = self._size if stop is None else min(stop, self._size)
         for lo in range(start, stop, batch):
             hi = min(lo + batch, stop)
-            with self._lock:
+            with self._reading():
                 rows = self._conn.execute(
                     "SELECT id, title, text FROM docs WHERE row >= ? AND row < ? ORDER BY row", (lo, hi)
                 ).fetchall()
