@@ -139,3 +139,13 @@ def test_a_corrupt_document_store_is_one_error_naming_the_file(
     assert f"error:{index / 'docs.sqlite'}isnotareadabledocumentstore" in compact, result.output
     assert f"`agentrlindexbuild--corpus{corpus}--out{index}--overwrite`" in compact, result.output
     assert "Traceback" not in result.output
+
+
+def test_a_corrupt_meta_json_is_one_error_naming_the_file(world_bm25_index: Path, tmp_path: Path) -> None:
+    index = tmp_path / "index"
+    shutil.copytree(world_bm25_index, index)
+    (index / "meta.json").write_bytes(random.Random(0).randbytes(512))
+    result = runner.invoke(app, ["index", "search", str(index), "who?"])
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
+    compact = "".join(result.output.split())
+    assert f"error:{index / 'meta.json'}isnotUTF-8text" in compact and "--overwrite" in compact, result.output
