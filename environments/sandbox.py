@@ -27,9 +27,10 @@ a missing layer is reported by one RuntimeWarning and the run goes on without it
 
 Limits that span processes are enforced whatever the layers (see `Sandbox.limit_mechanisms`):
 
-- processes: RLIMIT_NPROC where the program's user is not root, and a per-run cgroup's `pids.max` where a
-  cgroup can be made; as root with neither, a seccomp filter refuses every fork (threads still work), and
-  without libseccomp the run fails closed with SandboxSetupError.
+- processes: RLIMIT_NPROC where the kernel applies it to the program's user (uid 65534 under `nobody`;
+  probed for the parent's user, never root), and a per-run cgroup's `pids.max` where a cgroup can be
+  made; with neither, a seccomp filter refuses every fork (threads still work), and without libseccomp
+  the run fails closed with SandboxSetupError.
 - memory of the whole process tree: the per-run cgroup's memory limit, `memory_bytes` in all; without a
   cgroup, RLIMIT_AS per process times the process cap.
 - disk use of the working directory (`max_disk_bytes`, `max_files`): a tmpfs of that size where the sandbox
@@ -67,7 +68,7 @@ from environments.sandbox_child import SECCOMP_MACHINES, SETUP_FAILED_EXIT, SETU
 
 LAYERS = ("namespaces", "landlock", "seccomp", "nobody")
 NOBODY = 65534
-MECHANISMS = ("cgroup", "tmpfs", "no-fork")
+MECHANISMS = ("rlimit-nproc", "cgroup", "tmpfs", "no-fork")
 UNSHARE_FLAGS = ("--user", "--net", "--pid", "--mount-proc", "--kill-child")
 ROOT_UNSHARE_FLAGS = ("--net", "--pid", "--mount-proc", "--kill-child")
 SYSTEM_READ_PATHS = ("/usr", "/lib", "/lib32", "/lib64", "/bin", "/etc/ld.so.cache", "/etc/localtime")
@@ -174,14 +175,10 @@ class _Plan:
     """How one sandbox runs its programs: the layers, and the mechanisms that enforce its caps."""
 
     layers: tuple[str, ...]
+    nproc: bool = False
     cgroup: bool = False
     tmpfs: bool = False
     deny_fork: bool = False
-
-    @property
-    def nproc(self) -> bool:
-        """Whether the kernel applies RLIMIT_NPROC: the program's user is not root."""
-        return "nobody" in self.layers or os.geteuid() != 0
 
     @property
     def isolation(self) -> tuple[str, ...]:
@@ -280,20 +277,27 @@ def _plan_for(layers: tuple[str, ...], probe: IsolationProbe) -> _Plan:
     child_is_root = root and "nobody" not in layers and "namespaces" not in layers
     plan = _Plan(
         layers,
+        nproc="nobody" in layers or (not root and "rlimit-nproc" in probe.mechanisms),
         cgroup="cgroup" in probe.mechanisms,
         tmpfs="tmpfs" in probe.mechanisms and ("nobody" in layers or child_is_root),
     )
     if plan.nproc or plan.cgroup:
         return plan
     if "no-fork" not in probe.mechanisms:
-        raise SandboxSetupError(
-            "the number of processes cannot be capped here: the program would run as root, to which the "
-            f"kernel does not apply RLIMIT_NPROC (nobody: {probe.reason('nobody')}), no cgroup can be made "
-            f"({probe.reason('cgroup')}), and the seccomp filter that refuses forks does not work "
-            f"({probe.reason('no-fork')}); run the parent as a non-root user, or give it a writable cgroup "
-            "hierarchy (/sys/fs/cgroup), or make uid 65534 able to run the Python installation"
-        )
-    return _Plan(layers, cgroup=False, tmpfs=plan.tmpfs, deny_fork=True)
+        raise SandboxSetupError(_no_process_cap(probe))
+    return _Plan(layers, tmpfs=plan.tmpfs, deny_fork=True)
+
+
+def _no_process_cap(probe: IsolationProbe) -> str:
+    names = ("rlimit-nproc", "nobody", "cgroup", "no-fork")
+    why = {name: probe.reason(name) or "not in use" for name in names}
+    return (
+        "the number of processes cannot be capped here: the kernel does not apply RLIMIT_NPROC to the "
+        f"program's user ({why['rlimit-nproc']}; nobody: {why['nobody']}), no cgroup can be made "
+        f"({why['cgroup']}), and the seccomp filter that refuses forks does not work ({why['no-fork']}); run "
+        "the parent as a non-root user, or give it a writable cgroup hierarchy (/sys/fs/cgroup), or make uid "
+        "65534 able to run the Python installation"
+    )
 
 
 def blocked_for_others(paths: Sequence[str]) -> dict[str, list[str]]:
@@ -680,10 +684,10 @@ def available_layers(warn: bool = True) -> tuple[str, ...]:
     return probe.available
 
 
-def _try(plan: _Plan, code: str = "print('ok')") -> str:
+def _try(plan: _Plan, code: str = "print('ok')", max_processes: int = 64) -> str:
     """Why `code` did not print ok under `plan`; "" when it did."""
     try:
-        result = _execute(code, SandboxLimits(timeout=_PROBE_SECONDS), plan)
+        result = _execute(code, SandboxLimits(timeout=_PROBE_SECONDS, max_processes=max_processes), plan)
     except (OSError, SandboxSetupError) as exc:
         return str(exc)
     if result.stdout.strip() != "ok":
@@ -725,8 +729,10 @@ def _explain_nobody(error: str) -> str:
 
 def _probe_mechanisms(seccomp: bool) -> dict[str, str]:
     unavailable: dict[str, str] = {}
+    if _try(_Plan(()), _FORK_PROBE, max_processes=1):
+        unavailable["rlimit-nproc"] = f"the kernel does not apply RLIMIT_NPROC to uid {os.geteuid()}"
     if not sys.platform.startswith("linux"):
-        return dict.fromkeys(MECHANISMS, "Linux only")
+        return {**dict.fromkeys(MECHANISMS[1:], "Linux only"), **unavailable}
     try:
         find_parents()
     except OSError as exc:

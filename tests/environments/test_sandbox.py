@@ -56,6 +56,15 @@ def require(*layers: str) -> None:
         pytest.skip(f"needs isolation layer {' or '.join(layers)}, unavailable here ({reasons})")
 
 
+def forking(sandbox: Sandbox) -> Sandbox:
+    """`sandbox`, skipping the test where it refuses every fork (its only process cap as root here)."""
+    if sandbox.limit_mechanisms["processes"] == "no-fork":
+        probe = probe_isolation()
+        why = f"rlimit-nproc: {probe.reason('rlimit-nproc')}; cgroup: {probe.reason('cgroup')}"
+        pytest.skip(f"every fork is refused here, the only process cap available ({why})")
+    return sandbox
+
+
 def processes_with(token: str) -> list[int]:
     """PIDs whose command line contains `token` (each sandboxed program embeds a unique one)."""
     found = []
@@ -150,7 +159,7 @@ time.sleep(30)
 @pytest.mark.parametrize("isolation", ISOLATION_MODES)
 def test_forked_children_die_at_timeout(isolation: str, token: str) -> None:
     code = FORK_CHILDREN.format(token=token, escape="pass")
-    result = Sandbox(SandboxLimits(timeout=1.0), isolation=isolation).run(code)
+    result = forking(Sandbox(SandboxLimits(timeout=1.0), isolation=isolation)).run(code)
     assert result.timed_out and "forked 10" in result.stdout
     assert survivors_after(token) == []
 
@@ -158,7 +167,7 @@ def test_forked_children_die_at_timeout(isolation: str, token: str) -> None:
 def test_children_that_leave_the_process_group_die_at_timeout(token: str) -> None:
     require("namespaces")
     code = FORK_CHILDREN.format(token=token, escape="os.setsid()\n        if os.fork(): os._exit(0)")
-    result = Sandbox(SandboxLimits(timeout=1.0), isolation=["namespaces"]).run(code)
+    result = forking(Sandbox(SandboxLimits(timeout=1.0), isolation=["namespaces"])).run(code)
     assert result.timed_out and "forked 10" in result.stdout
     assert survivors_after(token) == []
 
@@ -167,7 +176,7 @@ def test_children_that_leave_the_process_group_die_at_timeout(token: str) -> Non
 def test_children_die_when_the_program_exits(isolation: str, token: str) -> None:
     code = FORK_CHILDREN.format(token=token, escape="pass")
     code = code[: code.rindex("time.sleep(30)")]  # the children sleep, the program exits at once
-    result = Sandbox(SandboxLimits(timeout=5.0), isolation=isolation).run(code)
+    result = forking(Sandbox(SandboxLimits(timeout=5.0), isolation=isolation)).run(code)
     assert not result.timed_out and result.exit_code == 0 and "forked 10" in result.stdout
     assert survivors_after(token) == []
 
