@@ -364,10 +364,18 @@ class _DiskWatch:
         return over
 
     def _over(self) -> bool:
+        """Whether the directory holds too many bytes or files; a subdirectory the parent may not read (the
+        program took its permissions away) counts as over."""
         total = files = 0
         stack = [self.workdir]
         while stack:
-            with contextlib.suppress(OSError), os.scandir(stack.pop()) as entries:
+            try:
+                entries = os.scandir(stack.pop())
+            except (FileNotFoundError, NotADirectoryError):  # removed or replaced while measured
+                continue
+            except OSError:
+                return True
+            with entries:
                 for entry in entries:
                     files += 1
                     with contextlib.suppress(OSError):
