@@ -1,10 +1,11 @@
 """Python tool environment: the agent runs short programs in a sandbox to compute answers.
 
-Programs run through `environments.sandbox.Sandbox`: a fresh subprocess with resource limits, a clean
-environment, a temporary working directory, capped output and, where the machine allows, namespace and
-Landlock isolation (see that module and docs/environments.md for what is and is not isolated). The limits
-come from the environment's constructor only: a call whose arguments name anything besides `code` (say
-`timeout` or `memory_bytes`) is rejected with an error result.
+Programs run through `environments.sandbox.Sandbox`: a fresh subprocess with resource limits, caps on the
+processes, memory and disk use of the whole program, a clean environment, a temporary working directory,
+capped output and, where the machine allows, namespace, Landlock, seccomp and unprivileged-user isolation
+(see that module and docs/environments.md for what is and is not isolated). The limits come from the
+environment's constructor only: a call whose arguments name anything besides `code` (say `timeout` or
+`memory_bytes`) is rejected with an error result.
 """
 
 from __future__ import annotations
@@ -82,8 +83,8 @@ class PythonToolEnv(ToolEnv):
     """Programming-friendly arithmetic problems with a sandboxed Python tool.
 
     Args:
-        timeout, memory_bytes, max_output_bytes, max_file_bytes, max_processes: the sandbox's limits (see
-            `environments.sandbox.SandboxLimits`); the agent cannot change them.
+        timeout, memory_bytes, max_output_bytes, max_file_bytes, max_processes, max_disk_bytes, max_files:
+            the sandbox's limits (see `environments.sandbox.SandboxLimits`); the agent cannot change them.
         isolation: `"auto"` (every isolation layer this machine supports), `"none"`, or a list of layers
             that must be available (see `environments.sandbox.Sandbox`).
         **kwargs: the `ToolEnv` options (max_turns, format_weight, max_obs_chars, ...).
@@ -99,6 +100,8 @@ class PythonToolEnv(ToolEnv):
         max_output_bytes: int = SandboxLimits.max_output_bytes,
         max_file_bytes: int = SandboxLimits.max_file_bytes,
         max_processes: int = SandboxLimits.max_processes,
+        max_disk_bytes: int = SandboxLimits.max_disk_bytes,
+        max_files: int = SandboxLimits.max_files,
         isolation: str | list[str] = "auto",
         **kwargs: Any,
     ) -> None:
@@ -108,6 +111,8 @@ class PythonToolEnv(ToolEnv):
             max_output_bytes=max_output_bytes,
             max_file_bytes=max_file_bytes,
             max_processes=max_processes,
+            max_disk_bytes=max_disk_bytes,
+            max_files=max_files,
         )
         self.sandbox = Sandbox(limits, isolation=isolation)
         self.tools = (python_tool(self.sandbox),)

@@ -1,11 +1,13 @@
 """The sandbox's first program: lock this process down, then exec the untrusted Python program.
 
 `environments.sandbox` runs this file's source with `python -I -S -c SOURCE CONFIG CODE` (inside new
-namespaces when they are available). It sets `no_new_privs`, the resource limits and, when asked, a Landlock
-ruleset and a seccomp filter, all of which are inherited and cannot be undone; then it replaces itself with
-`python -I -c CODE`. Any failure before the exec ends the process with `SETUP_FAILED_EXIT` and a line
-starting with `SETUP_FAILED_PREFIX` on stderr, so the parent never runs a program with less isolation than it
-asked for.
+namespaces when they are available). When asked, it joins the run's cgroups and, while still root, makes a
+private mount namespace with a size-limited tmpfs as the working directory and the Python installation
+reachable for uid 65534, then drops to that uid. It sets `no_new_privs`, the resource limits and, when
+asked, a Landlock ruleset and a seccomp filter, all of which are inherited and cannot be undone; then it
+replaces itself with `python -I -c CODE`. Any failure before the exec ends the process with
+`SETUP_FAILED_EXIT` and a line starting with `SETUP_FAILED_PREFIX` on stderr, so the parent never runs a
+program with less isolation than it asked for.
 
 Standard library only: it runs before `site`, and the parent also imports `landlock_abi` from it.
 """
@@ -16,6 +18,7 @@ import ctypes
 import errno
 import json
 import os
+import socket
 import sys
 from typing import Any
 
@@ -29,6 +32,13 @@ _SYS_LANDLOCK_RESTRICT_SELF = 446
 _LANDLOCK_CREATE_RULESET_VERSION = 1
 _LANDLOCK_RULE_PATH_BENEATH = 1
 _PR_SET_NO_NEW_PRIVS = 38
+_CLONE_NEWNS = 0x20000
+_MS_NOSUID = 0x2
+_MS_NODEV = 0x4
+_MS_BIND = 0x1000
+_MS_REC = 0x4000
+_MS_PRIVATE = 1 << 18
+_CLONE_THREAD = 0x10000
 
 FS_EXECUTE = 1 << 0
 FS_WRITE_FILE = 1 << 1
@@ -207,19 +217,23 @@ def _check_seccomp(result: int, what: str) -> None:
         raise OSError(-result, f"{what}: {os.strerror(-result)}")
 
 
-def apply_seccomp() -> None:
-    """Refuse, with EPERM, the syscalls in `DENIED_SYSCALLS`, new namespaces from clone() (clone3 gets ENOSYS,
-    so the C library falls back to clone), and creating unix-domain sockets (EACCES): pathname sockets such
-    as a container runtime's are otherwise reachable through any filesystem isolation.
+def apply_seccomp(isolation: bool = True, deny_fork: bool = False) -> None:
+    """Install a seccomp filter (through the system's `libseccomp.so.2`).
 
-    Uses the system's libseccomp (`libseccomp.so.2`); syscalls of other ABIs (i386, x32) are killed.
+    With `isolation`: refuse, with EPERM, the syscalls in `DENIED_SYSCALLS`, new namespaces from clone(), and
+    creating unix-domain sockets (EACCES): pathname sockets such as a container runtime's are otherwise
+    reachable through any filesystem isolation. With `deny_fork`: refuse new processes (fork, vfork and clone
+    without CLONE_THREAD) with EAGAIN, while threads still work. Either way clone3 gets ENOSYS (its flags
+    cannot be inspected), so the C library falls back to clone. Syscalls of other ABIs (i386, x32) are killed.
     """
     lib = _libseccomp()
     ctx = lib.seccomp_init(_SCMP_ACT_ALLOW)
     if not ctx:
         raise OSError("seccomp_init failed")
     try:
-        eperm, eacces, enosys = (_SCMP_ACT_ERRNO | code for code in (errno.EPERM, errno.EACCES, errno.ENOSYS))
+        eperm, eacces, enosys, eagain = (
+            _SCMP_ACT_ERRNO | code for code in (errno.EPERM, errno.EACCES, errno.ENOSYS, errno.EAGAIN)
+        )
 
         def rule(action: int, name: str, *masked: tuple[int, int, int]) -> None:
             number = lib.seccomp_syscall_resolve_name(name.encode())
@@ -232,15 +246,83 @@ def apply_seccomp() -> None:
                 lib.seccomp_rule_add_array(ctx, action, number, len(masked), args), f"seccomp rule {name}"
             )
 
-        for name in DENIED_SYSCALLS:
-            rule(eperm, name)
         rule(enosys, "clone3")
-        for flag in _CLONE_NAMESPACE_FLAGS.values():
-            rule(eperm, "clone", (0, flag, flag))
-        rule(eacces, "socket", (0, 0xFFFFFFFF, _AF_UNIX))
+        if isolation:
+            for name in DENIED_SYSCALLS:
+                rule(eperm, name)
+            for flag in _CLONE_NAMESPACE_FLAGS.values():
+                rule(eperm, "clone", (0, flag, flag))
+            rule(eacces, "socket", (0, 0xFFFFFFFF, _AF_UNIX))
+        if deny_fork:
+            rule(eagain, "fork")
+            rule(eagain, "vfork")
+            rule(eagain, "clone", (0, _CLONE_THREAD, 0))
         _check_seccomp(lib.seccomp_load(ctx), "seccomp_load")
     finally:
         lib.seccomp_release(ctx)
+
+
+def join_cgroups(procs_files: list[str]) -> None:
+    """Move this process into each cgroup whose `cgroup.procs` file is given."""
+    for path in procs_files:
+        with open(path, "w") as handle:
+            handle.write("0")
+
+
+def _mount(source: str, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+    result = _libc().mount(
+        source.encode(),
+        target.encode(),
+        fstype.encode() if fstype else None,
+        ctypes.c_ulong(flags),
+        data.encode() if data else None,
+    )
+    _check(result, f"mount {source} on {target}")
+
+
+def private_mounts(unshare: bool) -> None:
+    """Enter a new mount namespace (when `unshare`) and stop mounts propagating out of it."""
+    if unshare:
+        _check(_libc().unshare(_CLONE_NEWNS), "unshare(CLONE_NEWNS)")
+    _mount("none", "/", None, _MS_REC | _MS_PRIVATE)
+
+
+def expose(covers: dict[str, list[str]]) -> None:
+    """Cover each directory in `covers` with an empty world-searchable tmpfs and bind the directories listed
+    for it back in place, so they are reachable by every user while the rest of it is hidden."""
+    fds = {root: os.open(root, os.O_PATH | os.O_DIRECTORY) for roots in covers.values() for root in roots}
+    try:
+        for directory, roots in covers.items():
+            _mount("tmpfs", directory, "tmpfs", _MS_NOSUID | _MS_NODEV, "mode=755,size=64k")
+            for root in roots:
+                os.makedirs(root, mode=0o755, exist_ok=True)
+                _mount(f"/proc/self/fd/{fds[root]}", root, None, _MS_BIND | _MS_REC)
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+
+
+def mount_workdir(path: str, size: int, inodes: int, uid: int, report_fd: int) -> None:
+    """Make `path` a tmpfs of `size` bytes and `inodes` files owned by `uid` and enter it; an open descriptor
+    of it goes to the parent over the unix socket `report_fd`, to measure it during and after the run."""
+    options = f"size={size},nr_inodes={inodes},mode=0700,uid={uid},gid={uid}"
+    _mount("tmpfs", path, "tmpfs", _MS_NOSUID | _MS_NODEV, options)
+    os.chdir(path)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with socket.socket(fileno=report_fd) as channel:
+            socket.send_fds(channel, [b"w"], [fd])
+    finally:
+        os.close(fd)
+
+
+def drop_privileges(uid: int) -> None:
+    """Become `uid` (and group `uid`) with no supplementary groups, irrevocably."""
+    os.setgroups([])
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)
+    if os.getresuid() != (uid, uid, uid) or os.getresgid() != (uid, uid, uid) or os.getgroups():
+        raise OSError(f"could not drop to uid/gid {uid}")
 
 
 def apply_rlimits(limits: dict[str, int]) -> None:
@@ -257,19 +339,33 @@ def apply_rlimits(limits: dict[str, int]) -> None:
             raise OSError(f"setrlimit({name}, {value}): {exc}") from None
 
 
+def _isolate(config: dict[str, Any]) -> None:
+    join_cgroups(config.get("cgroup_procs") or [])
+    mounts = config.get("mounts")
+    if mounts is not None:
+        private_mounts(mounts["unshare"])
+        expose(mounts["expose"])
+        workdir = mounts.get("workdir")
+        if workdir is not None:
+            mount_workdir(workdir["path"], workdir["size"], workdir["inodes"], workdir["uid"], workdir["fd"])
+    if config.get("user") is not None:
+        drop_privileges(config["user"])
+    if sys.platform.startswith("linux"):
+        _check(_libc().prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
+    landlock = config.get("landlock")
+    if landlock is not None:
+        apply_landlock(landlock["read"], landlock["write"], landlock["devices"])
+    apply_rlimits(config["rlimits"])
+    if config.get("seccomp") or config.get("deny_fork"):
+        apply_seccomp(isolation=bool(config.get("seccomp")), deny_fork=bool(config.get("deny_fork")))
+
+
 def main(argv: list[str]) -> None:
     """`argv` is [config JSON, program source]; never returns (exec or exit)."""
     try:  # any failure, even KeyboardInterrupt, must stop here: the program never runs unconfined
         config = json.loads(argv[0])
         code = argv[1]
-        if sys.platform.startswith("linux"):
-            _check(_libc().prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
-        landlock = config.get("landlock")
-        if landlock is not None:
-            apply_landlock(landlock["read"], landlock["write"], landlock["devices"])
-        apply_rlimits(config["rlimits"])
-        if config.get("seccomp"):
-            apply_seccomp()
+        _isolate(config)
         python = config["python"]
         os.execv(python, [python, "-I", "-c", code])
     except BaseException as exc:

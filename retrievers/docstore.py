@@ -8,6 +8,8 @@ store written before that column existed reads back with `record` None.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -20,6 +22,25 @@ _SCHEMA = (
     "(row INTEGER PRIMARY KEY, id TEXT NOT NULL, title TEXT, text TEXT, record TEXT)"
 )
 _BATCH = 5000
+
+
+class DocStoreError(ValueError):
+    """A document store that sqlite cannot read (truncated, overwritten, or not written by agentrl)."""
+
+    def __init__(self, path: Path, error: sqlite3.Error) -> None:
+        super().__init__(
+            f"{path} is not a readable document store: {error} (truncated or corrupt?); rebuild the index "
+            f"with {rebuild_command(path.parent)}"
+        )
+        self.path = path
+
+
+def rebuild_command(index_dir: Path) -> str:
+    """The `agentrl index build` command that remakes `index_dir`, with the corpus its meta.json names."""
+    corpus = "CORPUS"
+    with contextlib.suppress(OSError, ValueError, AttributeError, TypeError):
+        corpus = str(json.loads((index_dir / "meta.json").read_text(encoding="utf-8"))["corpus"]["path"])
+    return f"`agentrl index build --corpus {corpus} --out {index_dir} --overwrite`"
 
 
 class DocStoreWriter:
@@ -71,7 +92,10 @@ class DocStoreWriter:
 
 
 class DocStore:
-    """Read-only access to a store written by `DocStoreWriter`; safe to share between threads."""
+    """Read-only access to a store written by `DocStoreWriter`; safe to share between threads.
+
+    A file sqlite cannot read raises DocStoreError, on opening or on the first query that meets the damage.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -79,10 +103,23 @@ class DocStore:
             raise FileNotFoundError(f"document store {self.path} does not exist")
         self._conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
         self._lock = threading.Lock()
-        with self._lock:
-            self._size = int(self._conn.execute("SELECT COUNT(*) FROM docs").fetchone()[0])
-            columns = {info[1] for info in self._conn.execute("PRAGMA table_info(docs)")}
+        try:
+            with self._reading():
+                self._size = int(self._conn.execute("SELECT COUNT(*) FROM docs").fetchone()[0])
+                columns = {info[1] for info in self._conn.execute("PRAGMA table_info(docs)")}
+        except DocStoreError:
+            self._conn.close()
+            raise
         self._fields = "id, title, text, " + ("record" if "record" in columns else "NULL")
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[None]:
+        """Hold the lock; sqlite errors become DocStoreError naming the file."""
+        with self._lock:
+            try:
+                yield
+            except sqlite3.DatabaseError as exc:
+                raise DocStoreError(self.path, exc) from None
 
     def __len__(self) -> int:
         return self._size
@@ -93,7 +130,7 @@ class DocStore:
         if not unique:
             return []
         found: dict[int, Document] = {}
-        with self._lock:
+        with self._reading():
             for start in range(0, len(unique), 900):
                 chunk = unique[start : start + 900]
                 marks = ",".join("?" * len(chunk))
@@ -110,7 +147,7 @@ class DocStore:
     def get_ids(self, ids: Sequence[str]) -> list[Document | None]:
         """Documents with `ids`, None where an id is unknown."""
         out: list[Document | None] = []
-        with self._lock:
+        with self._reading():
             for doc_id in ids:
                 hit = self._conn.execute(
                     f"SELECT {self._fields} FROM docs WHERE id = ?", (doc_id,)
@@ -123,7 +160,7 @@ class DocStore:
         stop = self._size if stop is None else min(stop, self._size)
         for lo in range(start, stop, batch):
             hi = min(lo + batch, stop)
-            with self._lock:
+            with self._reading():
                 rows = self._conn.execute(
                     f"SELECT {self._fields} FROM docs WHERE row >= ? AND row < ? ORDER BY row", (lo, hi)
                 ).fetchall()

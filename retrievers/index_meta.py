@@ -65,6 +65,11 @@ def read_meta(index_dir: str | Path) -> dict[str, Any]:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(
+            f"{path} is not UTF-8 text (byte {exc.start}: {exc.reason}), so not index metadata; rebuild the "
+            "index with `agentrl index build ... --overwrite` (or `agentrl index import`)"
+        ) from None
     if not isinstance(meta, dict):
         raise ValueError(
             f"{path}: must hold a JSON object (the index metadata), got a JSON {_json_kind(meta)}; "

@@ -32,6 +32,29 @@ class ModelNotFoundError(RuntimeError):
     """A model spec could not be resolved; the message says what to install or which path to pass."""
 
 
+class ModelFileError(ModelNotFoundError):
+    """A weights file of a local model cannot be read (truncated or corrupt); the message names it."""
+
+
+def check_weight_files(directory: str | Path) -> None:
+    """Read the header of every `*.safetensors` file in `directory`: ModelFileError naming the first one
+    that is truncated or corrupt. Tensor data is not read, so this is cheap."""
+    files = sorted(Path(directory).glob("*.safetensors"))
+    if not files or importlib.util.find_spec("safetensors") is None:
+        return
+    from safetensors import SafetensorError, safe_open
+
+    for file in files:
+        try:
+            with safe_open(str(file), framework="np"):
+                pass
+        except (SafetensorError, OSError) as exc:
+            raise ModelFileError(
+                f"{file} cannot be read (truncated or corrupt: {exc}; {file.stat().st_size} bytes on disk); "
+                "save or copy the model again"
+            ) from None
+
+
 @dataclass(frozen=True)
 class BundledModel:
     name: str
@@ -204,7 +227,7 @@ class ModelSource:
 def inspect_model(spec: str, base: str | None = None) -> ModelSource:
     """Resolve `spec` without loading weights; a ModelNotFoundError for a directory that is neither a
     checkpoint, an adapter nor a model, and for an adapter whose base model cannot be found (`base` replaces
-    the base its adapter_config.json names)."""
+    the base its adapter_config.json names); a ModelFileError for a truncated or corrupt safetensors file."""
     if spec.startswith(BUNDLED_PREFIX):
         bundled_lm_name(spec)
         return ModelSource(spec, "bundled", spec)
@@ -213,6 +236,7 @@ def inspect_model(spec: str, base: str | None = None) -> ModelSource:
     if not path.is_dir():
         return ModelSource(spec, "hub", local)
     model_dir = checkpoint_model_dir(path) or newest_run_model_dir(path)
+    check_weight_files(model_dir or path)
     if model_dir is not None:
         adapter = adapter_base(str(model_dir)) is not None
         named = _checked_base(str(model_dir), base) if adapter else None
@@ -284,6 +308,9 @@ def load_model(
     source = inspect_model(spec, base)
     path = source.weights_path()
     base_path = resolve_model_path(source.base) if source.base is not None else None
+    for directory in (path, base_path):
+        if directory is not None and Path(directory).is_dir():
+            check_weight_files(directory)
     torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
     has_tokenizer = any((Path(path) / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))
     tokenizer_path = base_path if base_path is not None and not has_tokenizer else path

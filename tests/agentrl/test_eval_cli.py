@@ -4,6 +4,8 @@ bad inputs that must fail before any model loads."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -194,6 +196,21 @@ def test_bad_model_paths_fail_before_loading(tmp_path: Path, monkeypatch: pytest
     assert result.exit_code == 2 and "'/gone/base-model'" in result.output and "--base" in result.output
     result = invoke("-m", str(adapter), "--base", str(tmp_path / "missing-base"), *SMALL)
     assert result.exit_code == 2 and "missing-base" in result.output
+
+
+def test_a_truncated_model_file_is_one_error_naming_it_before_loading(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    no_model_loading(monkeypatch)
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    weights = model / "model.safetensors"
+    os.truncate(weights, weights.stat().st_size // 2)
+    result = invoke("-m", str(model), *SMALL)
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
+    compact = "".join(result.output.split())
+    assert f"error:{weights}cannotberead(truncatedorcorrupt:" in compact, result.output
+    assert "Traceback" not in result.output
 
 
 def test_bad_settings_and_data_fail_before_loading(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -32,18 +33,18 @@ def tiny_dir(tiny_model_dir: Path) -> Path:
     return tiny_model_dir
 
 
+def config_args(model: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        f"model.name={model}", "model.device=cpu", "threads=1", f"env.id={ENV_ID}", "env.max_turns=1",
+        "data.dataset=env", "data.num_tasks=8", "rollout.group_size=3", "rollout.max_new_tokens=6",
+        "rollout.max_total_tokens=48", "trainer.batch_size=2", "trainer.steps=4",
+        "trainer.micro_batch_tokens=96", "trainer.learning_rate=0.05", "eval.enabled=false",
+        "sft.enabled=false", f"output.dir={out}", "output.plots=false", *extra,
+    ]  # fmt: skip
+
+
 def config(model: Path, out: Path, *extra: str) -> ExperimentConfig:
-    return load_config(
-        ExperimentConfig,
-        None,
-        [
-            f"model.name={model}", "model.device=cpu", "threads=1", f"env.id={ENV_ID}", "env.max_turns=1",
-            "data.dataset=env", "data.num_tasks=8", "rollout.group_size=3", "rollout.max_new_tokens=6",
-            "rollout.max_total_tokens=48", "trainer.batch_size=2", "trainer.steps=4",
-            "trainer.micro_batch_tokens=96", "trainer.learning_rate=0.05", "eval.enabled=false",
-            "sft.enabled=false", f"output.dir={out}", "output.plots=false", *extra,
-        ],
-    )  # fmt: skip
+    return load_config(ExperimentConfig, None, config_args(model, out, *extra))
 
 
 def quiet() -> TrainDisplay:
@@ -291,6 +292,26 @@ def test_train_cli_help_and_errors() -> None:
     quickstart = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
     out = runner.invoke(app, ["train", str(quickstart), "algorithm.preset=grpoo"])
     assert out.exit_code == 2 and "Did you mean 'grpo'" in out.output.replace("\n", "")
+
+
+def truncated_copy(model_dir: Path, target: Path) -> Path:
+    """A copy of `model_dir` whose model.safetensors lost its second half."""
+    shutil.copytree(model_dir, target)
+    weights = target / "model.safetensors"
+    os.truncate(weights, weights.stat().st_size // 2)
+    return weights
+
+
+def test_train_on_a_truncated_model_file_is_one_error_naming_it(tiny_dir: Path, tmp_path: Path) -> None:
+    weights = truncated_copy(tiny_dir, tmp_path / "model")
+    experiment = tmp_path / "experiment.yaml"
+    experiment.write_text("seed: 0\n")
+    overrides = config_args(weights.parent, tmp_path / "runs")
+    result = CliRunner().invoke(app, ["train", str(experiment), *overrides])
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
+    compact = "".join(result.output.split())
+    assert f"error:{weights}cannotberead(truncatedorcorrupt:" in compact, result.output
+    assert "Traceback" not in result.output
 
 
 def test_linear_schedule_ends_with_the_run_whatever_optimizer_steps_it_took(

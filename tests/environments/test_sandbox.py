@@ -10,10 +10,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import tracemalloc
 import uuid
@@ -51,6 +54,15 @@ def require(*layers: str) -> None:
     if not any(layer in probe.available for layer in layers):
         reasons = "; ".join(f"{layer}: {probe.reason(layer)}" for layer in layers)
         pytest.skip(f"needs isolation layer {' or '.join(layers)}, unavailable here ({reasons})")
+
+
+def forking(sandbox: Sandbox) -> Sandbox:
+    """`sandbox`, skipping the test where it refuses every fork (its only process cap as root here)."""
+    if sandbox.limit_mechanisms["processes"] == "no-fork":
+        probe = probe_isolation()
+        why = f"rlimit-nproc: {probe.reason('rlimit-nproc')}; cgroup: {probe.reason('cgroup')}"
+        pytest.skip(f"every fork is refused here, the only process cap available ({why})")
+    return sandbox
 
 
 def processes_with(token: str) -> list[int]:
@@ -147,7 +159,7 @@ time.sleep(30)
 @pytest.mark.parametrize("isolation", ISOLATION_MODES)
 def test_forked_children_die_at_timeout(isolation: str, token: str) -> None:
     code = FORK_CHILDREN.format(token=token, escape="pass")
-    result = Sandbox(SandboxLimits(timeout=1.0), isolation=isolation).run(code)
+    result = forking(Sandbox(SandboxLimits(timeout=1.0), isolation=isolation)).run(code)
     assert result.timed_out and "forked 10" in result.stdout
     assert survivors_after(token) == []
 
@@ -155,7 +167,7 @@ def test_forked_children_die_at_timeout(isolation: str, token: str) -> None:
 def test_children_that_leave_the_process_group_die_at_timeout(token: str) -> None:
     require("namespaces")
     code = FORK_CHILDREN.format(token=token, escape="os.setsid()\n        if os.fork(): os._exit(0)")
-    result = Sandbox(SandboxLimits(timeout=1.0), isolation=["namespaces"]).run(code)
+    result = forking(Sandbox(SandboxLimits(timeout=1.0), isolation=["namespaces"])).run(code)
     assert result.timed_out and "forked 10" in result.stdout
     assert survivors_after(token) == []
 
@@ -164,7 +176,7 @@ def test_children_that_leave_the_process_group_die_at_timeout(token: str) -> Non
 def test_children_die_when_the_program_exits(isolation: str, token: str) -> None:
     code = FORK_CHILDREN.format(token=token, escape="pass")
     code = code[: code.rindex("time.sleep(30)")]  # the children sleep, the program exits at once
-    result = Sandbox(SandboxLimits(timeout=5.0), isolation=isolation).run(code)
+    result = forking(Sandbox(SandboxLimits(timeout=5.0), isolation=isolation)).run(code)
     assert not result.timed_out and result.exit_code == 0 and "forked 10" in result.stdout
     assert survivors_after(token) == []
 
@@ -444,3 +456,185 @@ def test_bad_programs_and_isolation_are_rejected() -> None:
         Sandbox(SandboxLimits(max_code_bytes=10)).run("print('long program')")
     with pytest.raises(ValueError, match="NUL"):
         Sandbox().run("print(1)\x00")
+
+
+def test_unprivileged_layer_runs_the_program_as_nobody() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("the 'nobody' layer applies only when the parent runs as root")
+    probe = probe_isolation()
+    assert "nobody" in probe.available, probe.reason("nobody")
+    code = "import os, json, numpy; print(os.getuid(), os.getgid(), os.getgroups(), numpy.int64(6) * 7)"
+    result = Sandbox(isolation=["nobody"]).run(code)
+    assert result.stdout.split("\n")[0] == "65534 65534 [] 42", result.text
+
+
+def test_paths_uid_65534_cannot_search_are_named() -> None:
+    with tempfile.TemporaryDirectory(dir="/tmp") as top:
+        os.chmod(top, 0o755)
+        locked = Path(top, "locked")
+        inner = locked / "python"
+        inner.mkdir(parents=True)
+        locked.chmod(0o700)
+        blocked = sandbox_module.blocked_for_others([str(inner), str(inner / "bin")])
+        message = sandbox_module.unreadable_message(str(locked), [str(inner)], "mount: not permitted")
+    assert blocked == {str(locked): [str(inner)]}
+    assert str(locked) in message and "mode 700" in message and "chmod o+x" in message
+
+
+@pytest.fixture(params=["found", "no-cgroup-no-tmpfs"])
+def mechanisms(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Runs a test with the cap mechanisms this machine has, and again with only the fallbacks."""
+    if request.param != "found":
+        probe = probe_isolation()
+        dropped = {"cgroup": "test: disabled", "tmpfs": "test: disabled"}
+        kept = tuple(name for name in probe.mechanisms if name not in dropped)
+        fallback = IsolationProbe(
+            probe.available, probe.missing, probe.not_applicable, kept, {**probe.unavailable, **dropped}
+        )
+        monkeypatch.setattr(sandbox_module, "_probes", {sys.executable: fallback})
+    return str(request.param)
+
+
+FORK_BOMB = """# {token}
+import os, time
+children = 0
+for i in range(150):
+    try:
+        pid = os.fork()
+    except OSError:
+        break
+    if pid == 0:
+        time.sleep(30)
+        os._exit(0)
+    children += 1
+print('forked', children, flush=True)
+"""
+
+
+@pytest.mark.parametrize("isolation", ISOLATION_MODES)
+def test_fork_loop_is_stopped_at_the_process_cap(isolation: str, token: str, mechanisms: str) -> None:
+    sandbox = Sandbox(SandboxLimits(timeout=20.0, max_processes=16), isolation=isolation)
+    try:
+        result = sandbox.run(FORK_BOMB.format(token=token))
+    except SandboxSetupError as exc:  # fails closed where no process cap is available
+        assert "process" in str(exc)
+        return
+    assert result.stdout.startswith("forked"), result.text
+    assert int(result.stdout.split()[1]) < 16, result.text
+    assert survivors_after(token) == []
+
+
+MEMORY_TREE = """# {token}
+import os, time
+pids = []
+for i in range(12):
+    try:
+        pid = os.fork()
+    except OSError:
+        break
+    if pid == 0:
+        try:
+            held = b'x' * (100 * 1024 * 1024)
+        except MemoryError:
+            os._exit(1)
+        time.sleep(60)
+        os._exit(0)
+    pids.append(pid)
+    time.sleep(0.2)
+time.sleep(2)
+alive = sum(os.waitpid(pid, os.WNOHANG) == (0, 0) for pid in pids)
+print('alive', alive, flush=True)
+"""
+
+
+@pytest.mark.parametrize("isolation", ISOLATION_MODES)
+def test_memory_of_the_process_tree_is_capped(isolation: str, token: str, mechanisms: str) -> None:
+    limits = SandboxLimits(timeout=30.0, memory_bytes=192 * MiB, max_processes=4)
+    sandbox = Sandbox(limits, isolation=isolation)
+    try:
+        result = sandbox.run(MEMORY_TREE.format(token=token))
+    except SandboxSetupError as exc:
+        assert "process" in str(exc)
+        return
+    assert survivors_after(token) == []
+    if not result.stdout.startswith("alive"):  # the whole tree was killed at the cap
+        assert "memory" in result.limits_hit, result.text
+        return
+    held = int(result.stdout.split()[1]) * 100 * MiB
+    assert held <= limits.max_processes * limits.memory_bytes, result.text
+    if sandbox.limit_mechanisms["memory"] == "cgroup":
+        assert held <= limits.memory_bytes, result.text
+
+
+DISK_FILLER = """
+import os, time
+written = 0
+try:
+    for i in range(300):
+        with open(f'part-{i}', 'wb') as f:
+            f.write(b'x' * 1024 * 1024)
+        written += 1
+        time.sleep(0.01)
+except OSError as exc:
+    print('refused', exc.errno, flush=True)
+print('files', written, flush=True)
+"""
+
+
+@pytest.mark.parametrize("isolation", ISOLATION_MODES)
+def test_disk_use_of_the_working_directory_is_capped(isolation: str, mechanisms: str) -> None:
+    sandbox = Sandbox(SandboxLimits(timeout=60.0), isolation=isolation)
+    result = sandbox.run(DISK_FILLER)
+    lines = result.stdout.split("\n")
+    assert "files 300" not in lines, result.text
+    cap_mib = sandbox.limits.max_disk_bytes // MiB
+    assert "disk" in result.limits_hit and "disk budget" in result.text, result.text
+    if sandbox.limit_mechanisms["disk"] == "tmpfs":  # writes past the cap fail, and the program goes on
+        assert lines[0] == "refused 28" and int(lines[1].split()[1]) <= cap_mib, result.text
+
+
+def test_file_count_of_the_working_directory_is_capped() -> None:
+    code = "import os\nfor i in range(5000):\n    open(f'f{i}', 'w').close()\nprint('made all')"
+    result = Sandbox(SandboxLimits(timeout=60.0)).run(code)
+    assert "made all" not in result.stdout, result.text
+    assert "disk" in result.limits_hit, result.text
+
+
+def test_root_without_any_process_cap_fails_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("RLIMIT_NPROC caps a non-root program")
+    disabled = dict.fromkeys(sandbox_module.MECHANISMS, "test: disabled")
+    fake = IsolationProbe(("landlock",), {"nobody": "test: no uid 65534"}, {}, (), disabled)
+    monkeypatch.setattr(sandbox_module, "_probes", {sys.executable: fake})
+    with pytest.raises(SandboxSetupError, match=r"processes cannot be capped.*nobody: test: no uid"):
+        Sandbox(isolation="none").run("print(1)")
+
+
+NOBODY_REQUIRED = """
+from environments.sandbox import Sandbox, SandboxSetupError
+try:
+    Sandbox(isolation=["nobody"]).run("print('ran')")
+except SandboxSetupError as exc:
+    print(exc)
+"""
+
+
+def test_unprivileged_layer_that_cannot_be_set_up_fails_closed_naming_the_path() -> None:
+    capsh = shutil.which("capsh")
+    if os.geteuid() != 0 or capsh is None:
+        pytest.skip("needs root and capsh, to run a parent that may not mount")
+    blocked = sandbox_module.blocked_for_others(sandbox_module._exposed_paths())
+    if not blocked:
+        pytest.skip("uid 65534 can reach the Python installation here without a mount")
+    directory = next(iter(blocked))
+    command = [sys.executable, "-c", NOBODY_REQUIRED]
+    done = subprocess.run(
+        [capsh, "--drop=cap_sys_admin", "--", "-c", " ".join(map(shlex.quote, command))],
+        cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "ran" not in done.stdout, done.stdout
+    assert f"cannot search {directory}" in done.stdout and f"chmod o+x {directory}" in done.stdout, done

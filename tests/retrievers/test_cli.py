@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import random
+import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from agentrl.cli.main import app
@@ -106,3 +110,42 @@ def test_search_clamps_a_huge_k_to_the_index_size(world_dense_index: Path) -> No
     assert len(hits) == num_docs and len({h["id"] for h in hits}) == num_docs
     scores, rows = open_retriever(world_dense_index, device="cpu").search_vectors(np.ones((2, 384)), 10**12)
     assert scores.shape == rows.shape == (2, num_docs)
+
+
+def damage(path: Path, how: str) -> None:
+    """Overwrite the start of `path` with random bytes, cut it to a third, or empty it."""
+    if how == "overwritten":
+        with path.open("r+b") as handle:
+            handle.write(random.Random(0).randbytes(4096))
+    else:
+        os.truncate(path, path.stat().st_size // 3 if how == "truncated" else 0)
+
+
+@pytest.mark.parametrize("how", ["overwritten", "truncated", "emptied"])
+@pytest.mark.parametrize("command", ["search", "eval"])
+def test_a_corrupt_document_store_is_one_error_naming_the_file(
+    world_bm25_index: Path, tmp_path: Path, how: str, command: str
+) -> None:
+    index = tmp_path / "index"
+    shutil.copytree(world_bm25_index, index)
+    damage(index / "docs.sqlite", how)
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text(json.dumps({"_id": "q", "question": "who?", "supporting_facts": [["T", 0]]}) + "\n")
+    args = [str(index), "who?"] if command == "search" else [str(index), "--questions", str(questions)]
+    result = runner.invoke(app, ["index", command, *args])
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
+    compact = "".join(result.output.split())  # the console wraps long lines
+    corpus = json.loads((index / "meta.json").read_text())["corpus"]["path"]
+    assert f"error:{index / 'docs.sqlite'}isnotareadabledocumentstore" in compact, result.output
+    assert f"`agentrlindexbuild--corpus{corpus}--out{index}--overwrite`" in compact, result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_corrupt_meta_json_is_one_error_naming_the_file(world_bm25_index: Path, tmp_path: Path) -> None:
+    index = tmp_path / "index"
+    shutil.copytree(world_bm25_index, index)
+    (index / "meta.json").write_bytes(random.Random(0).randbytes(512))
+    result = runner.invoke(app, ["index", "search", str(index), "who?"])
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
+    compact = "".join(result.output.split())
+    assert f"error:{index / 'meta.json'}isnotUTF-8text" in compact and "--overwrite" in compact, result.output
