@@ -7,12 +7,15 @@ most of the step. Here a one-token step instead folds the query heads that share
 query-length axis, `[B, H, 1, D] -> [B, H_kv, H/H_kv, D]`, and calls SDPA once on the cache as stored. Longer
 queries (prefill chunks, training forwards) go to transformers' own SDPA function unchanged.
 
-`enable(model)` registers the implementation under `IMPLEMENTATION` (attention and mask functions) and
-switches a model that uses "sdpa" to it.
+`decoding(model)` registers the implementation under `IMPLEMENTATION` (attention and mask functions) and
+switches a model that uses "sdpa" to it for the duration of a `with` block, so the model never leaves the
+generator (to a trainer, a Ray worker, a checkpoint) carrying an implementation only this process knows.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -63,14 +66,17 @@ def register() -> None:
     ALL_MASK_ATTENTION_FUNCTIONS.register(IMPLEMENTATION, sdpa_mask)
 
 
-def enable(model: Any) -> bool:
-    """Switch `model` from "sdpa" to the grouped decode attention; returns whether it now uses it."""
+@contextlib.contextmanager
+def decoding(model: Any) -> Iterator[bool]:
+    """Run `model` on the grouped decode attention inside the block when it uses "sdpa" (yields whether it
+    does); it is back on "sdpa" afterwards, also when the block raises."""
     config = getattr(model, "config", None)
-    current = getattr(config, "_attn_implementation", None)
-    if current == IMPLEMENTATION:
-        return True
-    if current != "sdpa":
-        return False
+    if getattr(config, "_attn_implementation", None) != "sdpa":
+        yield False
+        return
     register()
     model.set_attn_implementation(IMPLEMENTATION)
-    return model.config._attn_implementation == IMPLEMENTATION
+    try:
+        yield True
+    finally:
+        model.set_attn_implementation("sdpa")

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from agentrl.core.generator import Completion, PolicyWeights, SamplingParams, per_prompt, process_logits
-from agentrl.generation.grouped_attention import enable as enable_grouped_attention
+from agentrl.generation.grouped_attention import decoding as grouped_decoding
 
 
 class _Buffers:
@@ -91,7 +91,7 @@ class HFGenerator:
         prefill_chunk: prompt columns per prefill forward (bounds attention memory).
         join_fraction: waiting prompts join once this fraction of the batch is free.
         grouped_attention: decode grouped-query models on the unrepeated KV cache
-            (`agentrl.generation.grouped_attention`; the model is switched when it uses "sdpa").
+            (`agentrl.generation.grouped_attention`; a model on "sdpa" is switched while it generates).
     """
 
     def __init__(
@@ -112,8 +112,7 @@ class HFGenerator:
                 "the hf generator needs full attention in every layer; use backend vllm"
             )
         self.model = model
-        if grouped_attention:
-            enable_grouped_attention(model)
+        self.grouped_attention = grouped_attention
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
         self.prefill_chunk = prefill_chunk
@@ -176,6 +175,12 @@ class HFGenerator:
         if any(len(p) == 0 for p in prompt_token_ids):
             raise ValueError("every prompt needs at least one token")
         self._check_weights()
+        with grouped_decoding(self.model) if self.grouped_attention else contextlib.nullcontext():
+            return self._sample_rows(prompt_token_ids, params)
+
+    def _sample_rows(
+        self, prompt_token_ids: list[list[int]], params: list[SamplingParams]
+    ) -> list[Completion]:
         first = params[0]
         rng = None
         if first.seed is not None:
