@@ -5,10 +5,11 @@ scheme and in constant time."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
@@ -169,6 +170,19 @@ class Gated:
             self.gate.release()
 
 
+@contextlib.asynccontextmanager
+async def gated_batcher(retriever: Gated) -> AsyncIterator[MicroBatcher]:
+    """A running batcher of 4-query batches over `retriever`; on exit the gate opens (so a failed assertion
+    does not leave the worker waiting) and the batcher stops."""
+    batcher = MicroBatcher(retriever, max_batch=4, max_wait_ms=0.0)
+    await batcher.start()
+    try:
+        yield batcher
+    finally:
+        retriever.open_gate()
+        await batcher.stop()
+
+
 async def behind_a_large_request(
     batcher: MicroBatcher, retriever: Gated, large: list[str], small: list[str]
 ) -> tuple[asyncio.Task[list[list[Hit]]], list[asyncio.Task[list[list[Hit]]]]]:
@@ -183,12 +197,10 @@ async def behind_a_large_request(
 
 def test_small_requests_are_answered_between_the_chunks_of_a_large_one() -> None:
     retriever = Gated()
-    batcher = MicroBatcher(retriever, max_batch=4, max_wait_ms=0.0)
     large = [f"b{i}" for i in range(12)]
 
     async def run() -> None:
-        await batcher.start()
-        try:
+        async with gated_batcher(retriever) as batcher:
             large_task, small_tasks = await behind_a_large_request(batcher, retriever, large, ["s0", "s1"])
             retriever.gate.release()
             await retriever.wait_entered()
@@ -202,9 +214,6 @@ def test_small_requests_are_answered_between_the_chunks_of_a_large_one() -> None
             retriever.open_gate()
             hits = await asyncio.wait_for(large_task, 60)
             assert [h[0].id for h in hits] == large
-        finally:
-            retriever.open_gate()
-            await batcher.stop()
 
     asyncio.run(run())
     assert retriever.calls == [large[:4], ["s0", "s1"], large[4:8], large[8:]]
@@ -213,12 +222,10 @@ def test_small_requests_are_answered_between_the_chunks_of_a_large_one() -> None
 def test_a_stream_of_new_requests_does_not_hold_a_large_one_back() -> None:
     """A new request arrives during every search: the large request still gets every other batch."""
     retriever = Gated()
-    batcher = MicroBatcher(retriever, max_batch=4, max_wait_ms=0.0)
     large = [f"b{i}" for i in range(12)]
 
     async def run() -> list[list[Hit]]:
-        await batcher.start()
-        try:
+        async with gated_batcher(retriever) as batcher:
             large_task = asyncio.create_task(batcher.search(large, 1))
             small_tasks = []
             for i in range(4):
@@ -230,9 +237,6 @@ def test_a_stream_of_new_requests_does_not_hold_a_large_one_back() -> None:
             retriever.open_gate()
             await asyncio.wait_for(asyncio.gather(*small_tasks), 60)
             return await asyncio.wait_for(large_task, 60)
-        finally:
-            retriever.open_gate()
-            await batcher.stop()
 
     assert [hits[0].id for hits in asyncio.run(run())] == large
     assert retriever.calls == [large[:4], ["s0"], large[4:8], ["s1", "s2"], large[8:], ["s3"]]
@@ -240,20 +244,15 @@ def test_a_stream_of_new_requests_does_not_hold_a_large_one_back() -> None:
 
 def test_a_failing_chunk_fails_only_its_request_and_ends_its_search() -> None:
     retriever = Gated()
-    batcher = MicroBatcher(retriever, max_batch=4, max_wait_ms=0.0)
     large = ["b0", "b1", "b2", "b3", "boom", *(f"b{i}" for i in range(5, 12))]
 
     async def run() -> tuple[BaseException | list[list[Hit]], list[list[Hit]]]:
-        await batcher.start()
-        try:
+        async with gated_batcher(retriever) as batcher:
             large_task, small_tasks = await behind_a_large_request(batcher, retriever, large, ["s0"])
             retriever.open_gate()
             small = await asyncio.wait_for(small_tasks[0], 60)
             failed = await asyncio.wait_for(asyncio.gather(large_task, return_exceptions=True), 60)
             return failed[0], small
-        finally:
-            retriever.open_gate()
-            await batcher.stop()
 
     failed, small = asyncio.run(run())
     assert isinstance(failed, RuntimeError) and small[0][0].id == "s0"
