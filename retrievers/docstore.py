@@ -9,13 +9,13 @@ store written before that column existed reads back with `record` None.
 from __future__ import annotations
 
 import contextlib
-import json
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from retrievers.corpora import Document
+from retrievers.index_meta import read_meta
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS docs "
@@ -38,8 +38,8 @@ class DocStoreError(ValueError):
 def rebuild_command(index_dir: Path) -> str:
     """The `agentrl index build` command that remakes `index_dir`, with the corpus its meta.json names."""
     corpus = "CORPUS"
-    with contextlib.suppress(OSError, ValueError, AttributeError, TypeError):
-        corpus = str(json.loads((index_dir / "meta.json").read_text(encoding="utf-8"))["corpus"]["path"])
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        corpus = str(read_meta(index_dir)["corpus"]["path"])
     return f"`agentrl index build --corpus {corpus} --out {index_dir} --overwrite`"
 
 

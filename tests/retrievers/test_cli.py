@@ -141,6 +141,18 @@ def test_a_corrupt_document_store_is_one_error_naming_the_file(
     assert "Traceback" not in result.output
 
 
+def test_a_corrupt_document_store_beside_metadata_without_a_corpus_still_names_the_file(
+    tmp_path: Path,
+) -> None:
+    from retrievers.docstore import DocStore, DocStoreError
+
+    (tmp_path / "docs.sqlite").write_bytes(b"not a database")
+    (tmp_path / "meta.json").write_text(json.dumps({"format": "agentrl-index", "version": 1}))
+    with pytest.raises(DocStoreError, match="is not a readable document store") as raised:
+        DocStore(tmp_path / "docs.sqlite")
+    assert f"--corpus CORPUS --out {tmp_path} --overwrite" in str(raised.value)
+
+
 def test_a_corrupt_meta_json_is_one_error_naming_the_file(world_bm25_index: Path, tmp_path: Path) -> None:
     index = tmp_path / "index"
     shutil.copytree(world_bm25_index, index)
