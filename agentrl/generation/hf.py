@@ -2,7 +2,8 @@
 
 The loop is written out (instead of calling `model.generate`) so that it controls exactly what the rollout
 engine needs: log-probs under the sampling distribution, stop strings checked on the decoded tail of each
-sequence, per-sequence early exit (finished rows leave the batch), continuous batching (waiting prompts are
+sequence, per-sequence early exit (finished rows stop attending and leave the batch once half of it has
+finished, so the KV cache is not copied at every finish), continuous batching (waiting prompts are
 prefilled and join the running batch as rows finish), and a prefix cache that keeps the keys/values of
 finished sequences so that the next turn of a multi-turn episode only prefills the new tokens.
 
@@ -191,42 +192,53 @@ class HFGenerator:
         ]
         waiting.reverse()
         results: list[Completion | None] = [None] * len(waiting)
-        rows: list[_Row] = []
+        rows: list[_Row | None] = []  # one per buffer row; None: finished, its slot not yet compacted away
+        live = 0
         buffers: _Buffers | None = None
         logits: torch.Tensor | None = None
         join_at = max(1, int(self.max_batch_size * self.join_fraction))
-        while waiting or rows:
-            free = self.max_batch_size - len(rows)
-            if waiting and (not rows or free >= min(join_at, len(waiting))):
+        while waiting or live:
+            free = self.max_batch_size - live
+            if waiting and (not live or free >= min(join_at, len(waiting))):
+                if live < len(rows):
+                    buffers, logits, rows = _compact(buffers, logits, rows)
                 joining = [waiting.pop() for _ in range(min(free, len(waiting)))]
                 new_buffers, new_logits = self._prefill(joining)
                 buffers, logits = _merge(buffers, logits, new_buffers, new_logits)
                 rows.extend(joining)
+                live += len(joining)
             assert buffers is not None and logits is not None
+            slots = [i for i, row in enumerate(rows) if row is not None]
+            if len(slots) < len(rows):
+                logits = logits.index_select(0, torch.tensor(slots, dtype=torch.long, device=self.device))
             tokens, logps = _sample(logits, first, rng)
-            keep: list[int] = []
-            for i, (row, token, logp) in enumerate(zip(rows, tokens.tolist(), logps.tolist(), strict=True)):
+            step = torch.full((len(rows),), self.pad_id, dtype=torch.long)
+            going = torch.zeros(len(rows), dtype=torch.bool)
+            for i, token, logp in zip(slots, tokens.tolist(), logps.tolist(), strict=True):
+                row = rows[i]
+                assert row is not None
                 row.tokens.append(token)
                 row.logprobs.append(logp)
                 done = self._finished(row)
                 if done is None:
-                    keep.append(i)
+                    step[i], going[i] = token, True
                     continue
                 reason, stop = done
                 results[row.index] = self._completion(row, reason, stop)
                 self._remember(row, buffers, i)
-            self.stats["sampled_tokens"] += len(rows)
-            if len(keep) < len(rows):
-                index = torch.tensor(keep, dtype=torch.long, device=self.device)
-                buffers = _select(buffers, index) if keep else None
-                tokens = tokens[index]
-                rows = [rows[i] for i in keep]
-            if not rows:
-                buffers, logits = None, None
+                rows[i] = None
+                live -= 1
+            self.stats["sampled_tokens"] += len(slots)
+            if not live:
+                rows, buffers, logits = [], None, None
                 continue
-            assert buffers is not None
-            mask = torch.ones(len(rows), 1, dtype=torch.bool, device=self.device)
-            logits = self._forward(buffers, tokens[:, None], mask, buffers.next_pos[:, None])
+            if 2 * live <= len(rows):
+                keep = going.nonzero().squeeze(1)
+                buffers = _select(buffers, keep.to(self.device))
+                rows = [rows[i] for i in keep.tolist()]
+                step, going = step[keep], going[keep]
+            step, going = step.to(self.device), going.to(self.device)
+            logits = self._forward(buffers, step[:, None], going[:, None], buffers.next_pos[:, None])
             buffers.next_pos += 1
             self.stats["decode_steps"] += 1
         return [r for r in results if r is not None]
@@ -457,6 +469,17 @@ def _select(buffers: _Buffers, index: torch.Tensor) -> _Buffers:
     out.next_pos = buffers.next_pos.index_select(0, index)
     out.length = used
     return out
+
+
+def _compact(
+    buffers: _Buffers | None, logits: torch.Tensor | None, rows: list[_Row | None]
+) -> tuple[_Buffers | None, torch.Tensor | None, list[_Row | None]]:
+    """Drop the slots of finished rows (None in `rows`) from the buffers and the logits [B, V]."""
+    keep = [i for i, row in enumerate(rows) if row is not None]
+    if buffers is None or logits is None or not keep:
+        return None, None, []
+    index = torch.tensor(keep, dtype=torch.long, device=logits.device)
+    return _select(buffers, index), logits.index_select(0, index), [rows[i] for i in keep]
 
 
 def _merge(

@@ -216,6 +216,24 @@ def test_per_prompt_params_must_share_the_distribution(tokenizer, tiny_model) ->
         gen.generate(prompts, [SamplingParams(temperature=1.0), SamplingParams(temperature=0.5)])
 
 
+def test_rows_finishing_at_different_steps_leave_the_others_exact(tokenizer, tiny_model) -> None:
+    prompts = [p for p in _prompts(tokenizer) for _ in range(2)]
+    budgets = [1, 9, 2, 7, 3, 5, 4, 8, 6, 1]  # rows finish one by one, so finished slots linger and compact
+    gen = HFGenerator(tiny_model, tokenizer, max_batch_size=4)  # later prompts join as slots free up
+    sampled = gen.generate(
+        prompts, [SamplingParams(temperature=1.0, max_new_tokens=n, seed=5) for n in budgets]
+    )
+    greedy = gen.generate(prompts, [SamplingParams(temperature=0, max_new_tokens=n) for n in budgets])
+    for prompt, n, s, g in zip(prompts, budgets, sampled, greedy, strict=True):
+        assert len(s.token_ids) == len(g.token_ids) == n
+        sp = SamplingParams(temperature=1.0, max_new_tokens=n)
+        assert torch.allclose(_recomputed(tiny_model, prompt, s, sp), torch.tensor(s.logprobs), atol=1e-4)
+        out = tiny_model.generate(
+            torch.tensor([prompt]), do_sample=False, max_new_tokens=n, pad_token_id=tokenizer.pad_token_id
+        )
+        assert g.token_ids == out[0, len(prompt) :].tolist()
+
+
 def test_duplicate_prompts_and_shared_prefixes_are_prefilled_once(tokenizer, tiny_model) -> None:
     system = tokenizer.encode("You are a careful assistant. " * 8, add_special_tokens=False)
     prompts = [system + tokenizer.encode(q, add_special_tokens=False) for q in ("one?", "two??", "three!")]
