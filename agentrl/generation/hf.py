@@ -201,6 +201,7 @@ class HFGenerator:
             free = self.max_batch_size - live
             if waiting and (not live or free >= min(join_at, len(waiting))):
                 if live < len(rows):
+                    assert buffers is not None and logits is not None
                     buffers, logits, rows = _compact(buffers, logits, rows)
                 joining = [waiting.pop() for _ in range(min(free, len(waiting)))]
                 new_buffers, new_logits = self._prefill(joining)
@@ -472,12 +473,11 @@ def _select(buffers: _Buffers, index: torch.Tensor) -> _Buffers:
 
 
 def _compact(
-    buffers: _Buffers | None, logits: torch.Tensor | None, rows: list[_Row | None]
-) -> tuple[_Buffers | None, torch.Tensor | None, list[_Row | None]]:
-    """Drop the slots of finished rows (None in `rows`) from the buffers and the logits [B, V]."""
+    buffers: _Buffers, logits: torch.Tensor, rows: list[_Row | None]
+) -> tuple[_Buffers, torch.Tensor, list[_Row | None]]:
+    """Drop the slots of finished rows (None in `rows`, at least one row still running) from the buffers and
+    the logits [B, V]."""
     keep = [i for i, row in enumerate(rows) if row is not None]
-    if buffers is None or logits is None or not keep:
-        return None, None, []
     index = torch.tensor(keep, dtype=torch.long, device=logits.device)
     return _select(buffers, index), logits.index_select(0, index), [rows[i] for i in keep]
 
