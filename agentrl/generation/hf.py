@@ -49,6 +49,16 @@ class _Buffers:
     def batch(self) -> int:
         return self.mask.shape[0]
 
+    def rows(self, first: int, end: int) -> _Buffers:
+        """Rows first..end-1 as buffers sharing this one's storage (writes land here); same length."""
+        view = _Buffers.__new__(_Buffers)
+        view.keys = [k[first:end] for k in self.keys]
+        view.values = [v[first:end] for v in self.values]
+        view.mask = self.mask[first:end]
+        view.next_pos = self.next_pos[first:end]
+        view.length = self.length
+        return view
+
 
 class _BufferCache:
     """The slice of the transformers cache API the decoder layers call: write new keys/values in place."""
@@ -90,6 +100,9 @@ class HFGenerator:
             no prefix cache, no shared system-prompt prefill, and identical prompts are each prefilled in
             full (a plain reference path).
         prefill_chunk: prompt columns per prefill forward (bounds attention memory).
+        prefill_tokens: rows x columns per prefill forward; larger prefills run as several forwards over
+            groups of rows. Default: 4096 on CPU (a forward whose activations stay in cache prefills
+            ~1.2-1.4x faster there than one over 64 rows x 256 columns), unbounded on GPU.
         join_fraction: waiting prompts join once this fraction of the batch is free.
         grouped_attention: decode grouped-query models on the unrepeated KV cache
             (`agentrl.generation.grouped_attention`; a model on "sdpa" is switched while it generates).
@@ -102,6 +115,7 @@ class HFGenerator:
         max_batch_size: int = 64,
         prefix_cache_tokens: int | None = None,
         prefill_chunk: int = 256,
+        prefill_tokens: int | None = None,
         join_fraction: float = 0.25,
         grouped_attention: bool = True,
     ) -> None:
@@ -117,6 +131,13 @@ class HFGenerator:
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
         self.prefill_chunk = prefill_chunk
+        if prefill_tokens is None:
+            prefill_tokens = 4096 if self.device.type == "cpu" else 1 << 62
+        if prefill_tokens < 1 or prefill_chunk < 1:
+            raise ValueError(
+                f"prefill_tokens and prefill_chunk must be >= 1, got {prefill_tokens} and {prefill_chunk}"
+            )
+        self.prefill_tokens = prefill_tokens
         self.join_fraction = join_fraction
         self.num_layers = cfg.num_hidden_layers
         self.kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
@@ -382,14 +403,24 @@ class HFGenerator:
             pos[i, s_max - s :] = torch.arange(n, n + s)
             buffers.next_pos[i] = n + s
         ids, real, pos = ids.to(self.device), real.to(self.device), pos.to(self.device)
-        logits = None
-        for start in range(0, s_max, self.prefill_chunk):
-            end = min(start + self.prefill_chunk, s_max)
-            logits = self._forward(buffers, ids[:, start:end], real[:, start:end], pos[:, start:end])
+        group = max(1, self.prefill_tokens // min(s_max, self.prefill_chunk))
+        last: list[torch.Tensor] = []
+        for first in range(0, len(rows), group):
+            end_row = min(first + group, len(rows))
+            skip = s_max - max(len(s) for s in suffixes[first:end_row])  # columns of padding in every row
+            view = buffers.rows(first, end_row)
+            view.length = c_max + skip
+            logits = None
+            for start in range(skip, s_max, self.prefill_chunk):
+                end = min(start + self.prefill_chunk, s_max)
+                sub = slice(first, end_row), slice(start, end)
+                logits = self._forward(view, ids[sub], real[sub], pos[sub])
+            assert logits is not None
+            last.append(logits)
+        buffers.length = c_max + s_max
         self.stats["prefill_tokens"] += sum(len(s) for s in suffixes)
         self.stats["reused_tokens"] += sum(n for n, _ in cached)
-        assert logits is not None
-        return buffers, logits
+        return buffers, torch.cat(last) if len(last) > 1 else last[0]
 
     def _forward(
         self, buffers: _Buffers, ids: torch.Tensor, real: torch.Tensor, pos: torch.Tensor
@@ -410,10 +441,18 @@ class HFGenerator:
             position_ids=pos,
             past_key_values=_BufferCache(buffers),
             use_cache=True,
-            logits_to_keep=1,
+            logits_to_keep=_last_column(width, ids.device),
         )
         buffers.length = end
         return out.logits[:, -1, :].float()
+
+
+def _last_column(width: int, device: torch.device) -> torch.Tensor:
+    """`logits_to_keep` selecting the last of `width` positions as an index tensor: the hidden states it
+    picks are a contiguous [B, 1, H] copy, so the output head runs as one GEMM. (A slice `[:, -1:]` of a
+    wider forward is a strided view; with a head whose weight needs no gradient, torch multiplies that
+    as a batched matmul over B copies of the [H, V] weight, ~7 GB for 64 rows of a 49k-token vocab.)"""
+    return torch.tensor([width - 1], device=device)
 
 
 def _copy_named_parameters(model: Any, named: dict[str, torch.Tensor]) -> None:

@@ -205,6 +205,33 @@ def test_a_generator_on_another_module_copies_the_trained_parameters(tokenizer) 
         assert torch.equal(a, b), name
 
 
+def test_a_bf16_sampler_copy_follows_the_fp32_trainer(tokenizer) -> None:
+    from agentrl.experiment import ExperimentConfig
+    from agentrl.rollout.setup import build_generator_for
+
+    trained = make_tiny_model(tokenizer, seed=2)
+    cfg = ExperimentConfig()
+    cfg.rollout.sampler_dtype = "bfloat16"
+    gen = build_generator_for(cfg, trained, tokenizer)
+    assert gen.model is not trained and gen.dtype == torch.bfloat16
+    assert next(trained.parameters()).dtype == torch.float32
+    assert not any(p.requires_grad for p in gen.model.parameters())
+    worker = LocalPolicyWorker(trained, WorkerConfig(OptimConfig(learning_rate=1e-2, total_steps=1)))
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(0.01)  # the trainer's weights move; the copy follows them at the next sync
+    worker.sync_weights(gen)
+    for (name, a), (_, b) in zip(trained.named_parameters(), gen.model.named_parameters(), strict=True):
+        assert torch.equal(a.to(torch.bfloat16), b), name
+    sp = SamplingParams(temperature=1.0, max_new_tokens=8, seed=1)
+    prompts = _prompts(tokenizer)
+    for prompt, c in zip(prompts, gen.generate(prompts, sp), strict=True):
+        recomputed = _recomputed(gen.model, prompt, c, sp)  # the sampler's own log-probs
+        assert torch.allclose(recomputed.float(), torch.tensor(c.logprobs), atol=0.1)
+    cfg.rollout.sampler_dtype = "float32"
+    assert build_generator_for(cfg, trained, tokenizer).model is trained  # already that precision
+
+
 def test_per_prompt_params_must_share_the_distribution(tokenizer, tiny_model) -> None:
     gen = HFGenerator(tiny_model, tokenizer)
     prompts = _prompts(tokenizer)[:2]
@@ -246,6 +273,40 @@ def test_duplicate_prompts_and_shared_prefixes_are_prefilled_once(tokenizer, tin
     assert len({tuple(c.token_ids) for c in completions}) > 3  # samples of one prompt still differ
     for prompt, c in zip(prompts, completions, strict=True):
         assert torch.allclose(_recomputed(tiny_model, prompt, c, sp), torch.tensor(c.logprobs), atol=1e-4)
+
+
+@pytest.mark.parametrize("prefill_tokens", [1, 7, 40])
+def test_prefills_split_into_row_groups_stay_exact(tokenizer, tiny_model, prefill_tokens) -> None:
+    prompts = [p for p in _prompts(tokenizer) for _ in range(2)]  # suffixes of many lengths
+    sp = SamplingParams(temperature=1.0, max_new_tokens=10, seed=4)
+    gen = HFGenerator(tiny_model, tokenizer, prefill_chunk=4, prefill_tokens=prefill_tokens)
+    first = gen.generate(prompts, sp)
+    follow = [p + c.token_ids + [tokenizer.eos_token_id, 7, 8] for p, c in zip(prompts, first, strict=True)]
+    second = gen.generate(follow, sp)  # reused prefixes of different lengths, suffixes split in groups
+    assert gen.stats["reused_tokens"] > 0
+    for prompt, c in zip(prompts + follow, first + second, strict=True):
+        assert torch.allclose(_recomputed(tiny_model, prompt, c, sp), torch.tensor(c.logprobs), atol=1e-4)
+    greedy = SamplingParams(temperature=0, max_new_tokens=8)
+    whole = HFGenerator(tiny_model, tokenizer, prefill_tokens=1 << 20).generate(follow, greedy)
+    split = HFGenerator(tiny_model, tokenizer, prefill_chunk=4, prefill_tokens=prefill_tokens)
+    assert [c.token_ids for c in split.generate(follow, greedy)] == [c.token_ids for c in whole]
+    with pytest.raises(ValueError, match="prefill_tokens"):
+        HFGenerator(tiny_model, tokenizer, prefill_tokens=0)
+
+
+def test_a_frozen_output_head_runs_as_one_gemm_in_prefill(tokenizer) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    model = make_tiny_model(tokenizer, seed=5).requires_grad_(False)  # a frozen (tied) head, as in training
+    vocab = model.get_output_embeddings().weight.shape[0]
+    gen = HFGenerator(model, tokenizer)
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        gen.generate(_prompts(tokenizer), SamplingParams(temperature=0, max_new_tokens=2))
+    batched = [
+        e.input_shapes for e in prof.key_averages(group_by_input_shape=True)
+        if e.key == "aten::bmm" and any(vocab in shape for shape in e.input_shapes)
+    ]  # fmt: skip
+    assert not batched  # a batched matmul over per-row copies of the [H, V] weight
 
 
 def test_prefix_cache_tokens_zero_reuses_no_keys_or_values(tokenizer, tiny_model) -> None:
