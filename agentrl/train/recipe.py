@@ -326,6 +326,11 @@ def _check_workers(cfg: ExperimentConfig, source: str) -> None:
             f"{source}: trainer.log_rank1 reads the output head in the trainer's process; it needs "
             "trainer.num_workers=0"
         )
+    if r.backend == "vllm" and r.sampler_dtype is not None:
+        raise ConfigError(
+            f"{source}: rollout.sampler_dtype={r.sampler_dtype} sets the hf sampler's precision; with "
+            "rollout.backend=vllm set rollout.vllm.dtype instead"
+        )
     if r.backend == "vllm" and t.num_workers and cfg.sft.enabled:
         raise ConfigError(
             f"{source}: sft.enabled with rollout.backend=vllm and trainer.num_workers={t.num_workers}: the "

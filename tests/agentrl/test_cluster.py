@@ -70,6 +70,8 @@ def test_parameters_are_counted_from_the_config_alone(tiny_model_dir: Path, mode
         (["rollout.backend=vllm", "trainer.num_workers=2", "sft.enabled=false", "rollout.vllm.num_engines=1"],
          r"placement=colocated puts one engine on each trainer GPU: set rollout.vllm.num_engines=2"),
         (["rollout.vllm.gpu_memory_utilization=1.5"], r"gpu_memory_utilization=1.5 must lie in \(0, 1\)"),
+        (["rollout.backend=vllm", "rollout.sampler_dtype=bfloat16"],
+         r"with rollout.backend=vllm set rollout.vllm.dtype"),
     ],
 )  # fmt: skip
 def test_worker_and_engine_settings_that_cannot_run_are_refused(overrides: list[str], message: str) -> None:
