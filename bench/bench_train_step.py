@@ -2,10 +2,12 @@
 
 Setting: single-turn math (the Math-v0 arithmetic problems with WAPO's format instruction), the bundled
 SmolLM2-135M-Instruct, 2 prompts x 4 generations x at most 48 new tokens, full fine-tuning, GRPO (no KL, one
-optimizer step per batch), fp32 on the CPU. Both run warm-up steps first; the reported time is the mean of the
-timed steps. TRL computes the loss of every row, so agentrl's timed steps train every row too: each group's
-rewards are spread (0, 1, 0, 1) before the update (`--skip-rows-without-signal` times agentrl's own rule,
-which skips rows whose advantage is zero). `--backend vllm` samples agentrl's episodes with vLLM's CPU engine.
+optimizer step per batch), fp32 on the CPU (`--dtype bfloat16`: agentrl samples from a bf16 copy and trains
+under bf16 autocast, TRL runs with `bf16=True`). Both run warm-up steps first; the reported time is the mean
+of the timed steps. TRL computes the loss of every row, so agentrl's timed steps train every row too: each
+group's rewards are spread (0, 1, 0, 1) before the update (`--skip-rows-without-signal` times agentrl's own
+rule, which skips rows whose advantage is zero). `--backend vllm` samples agentrl's episodes with vLLM's CPU
+engine.
 
 Then, on one batch where every row trains: agentrl's update alone (chunked log-probs, global denominators)
 against a naive update that materialises the full logits; the update in fp32 and under bf16 autocast
@@ -16,6 +18,7 @@ does not need).
 
     pip install -e ".[bench]"            # TRL
     python bench/bench_train_step.py     # --threads 2 --steps 3
+    python bench/bench_train_step.py --threads 2 --dtype bfloat16
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ def gemm_peak(threads: int, size: int = 1024, repeats: int = 8, dtype: str = "fl
     return 2 * size**3 / best
 
 
-def agentrl_trainer(threads: int, steps: int, out: Path, backend: str = "hf"):  # type: ignore[no-untyped-def]
+def agentrl_trainer(threads: int, steps: int, out: Path, backend: str = "hf", dtype: str = "float32"):  # type: ignore[no-untyped-def]
     from agentrl.core.config import load_config
     from agentrl.experiment import ExperimentConfig
     from agentrl.train.display import TrainDisplay
@@ -65,8 +68,10 @@ def agentrl_trainer(threads: int, steps: int, out: Path, backend: str = "hf"):  
         "trainer.learning_rate=1e-6",
         "finetune.mode=full", "finetune.train_layers=all", "algorithm.preset=grpo", "eval.enabled=false",
         "sft.enabled=false", f"output.dir={out}", "output.plots=false", "output.save_trajectories=false",
-        f"rollout.backend={backend}",
+        f"rollout.backend={backend}", f"trainer.compute_dtype={dtype}",
     ]  # fmt: skip
+    if dtype != "float32" and backend == "hf":
+        overrides.append(f"rollout.sampler_dtype={dtype}")
     trainer = Trainer(load_config(ExperimentConfig, None, overrides), display=TrainDisplay(live=False))
     trainer.build()
     return trainer
@@ -109,7 +114,7 @@ def time_agentrl(  # type: ignore[no-untyped-def]
     return step_s, update_s, statistics.mean(signal)
 
 
-def time_trl(threads: int, steps: int, warmup: int, out: Path) -> list[float]:
+def time_trl(threads: int, steps: int, warmup: int, out: Path, bf16: bool = False) -> list[float]:
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
@@ -152,7 +157,7 @@ def time_trl(threads: int, steps: int, warmup: int, out: Path) -> list[float]:
     config = GRPOConfig(
         output_dir=str(out), per_device_train_batch_size=PROMPTS * GENERATIONS, num_generations=GENERATIONS,
         max_completion_length=NEW_TOKENS, max_steps=warmup + steps, learning_rate=1e-6, beta=0.0,
-        num_iterations=1, temperature=1.0, top_p=1.0, use_cpu=True, bf16=False, report_to=[],
+        num_iterations=1, temperature=1.0, top_p=1.0, use_cpu=True, bf16=bf16, report_to=[],
         save_strategy="no", logging_steps=1, disable_tqdm=True, seed=0, gradient_checkpointing=False,
     )  # fmt: skip
     trainer = GRPOTrainer(
@@ -183,10 +188,18 @@ def update_timings(trainer, repeats: int) -> dict[str, float]:  # type: ignore[n
     batch, _ = policy_minibatch(st, list(range(st.size)), preset, st.tensors["old_logprobs"], None)
     model = trainer.model
     params = [p for p in model.parameters() if p.requires_grad]
+    configured = trainer.worker.config.compute_dtype
+
+    def under(dtype: str) -> None:
+        trainer.worker.config.compute_dtype = dtype
+        try:
+            trainer.worker.forward_backward(batch)
+            trainer.worker.optimizer.zero_grad(set_to_none=True)
+        finally:
+            trainer.worker.config.compute_dtype = configured
 
     def ours() -> None:
-        trainer.worker.forward_backward(batch)
-        trainer.worker.optimizer.zero_grad(set_to_none=True)
+        under("float32")
 
     def naive() -> None:
         logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1].float()
@@ -201,11 +214,7 @@ def update_timings(trainer, repeats: int) -> dict[str, float]:  # type: ignore[n
             p.grad = None
 
     def ours_bf16() -> None:
-        trainer.worker.config.compute_dtype = "bfloat16"
-        try:
-            ours()
-        finally:
-            trainer.worker.config.compute_dtype = "float32"
+        under("bfloat16")
 
     timings = {}
     for name, fn in (("ours", ours), ("naive", naive), ("ours_bf16", ours_bf16)):
@@ -226,7 +235,7 @@ def update_timings(trainer, repeats: int) -> dict[str, float]:  # type: ignore[n
     for dtype in ("float32", "bfloat16"):
         trainer.worker.config.compute_dtype = dtype
         logprobs[dtype] = trainer.worker.compute_stats({k: st.tensors[k] for k in keys})["logprobs"]
-    trainer.worker.config.compute_dtype = "float32"
+    trainer.worker.config.compute_dtype = configured
     mask = st.tensors["loss_mask"].bool()
     gap = (logprobs["float32"] - logprobs["bfloat16"])[mask].abs()
     return {
@@ -248,10 +257,15 @@ def main() -> None:
         "--skip-rows-without-signal", action="store_true",
         help="time agentrl's own rule (rows with a zero advantage are not run) instead of training every row",
     )  # fmt: skip
+    parser.add_argument(
+        "--dtype", choices=("float32", "bfloat16"), default="float32",
+        help="bfloat16: agentrl samples from a bf16 copy (rollout.sampler_dtype) and trains under bf16 "
+        "autocast (trainer.compute_dtype), TRL runs with bf16=True; the update-alone lines time both dtypes",
+    )  # fmt: skip
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         steps = args.warmup + args.steps + 1
-        trainer = agentrl_trainer(args.threads, steps, Path(tmp) / "agentrl", args.backend)
+        trainer = agentrl_trainer(args.threads, steps, Path(tmp) / "agentrl", args.backend, args.dtype)
         if not args.skip_rows_without_signal:
             train_every_row(trainer)
         ours_step, ours_update, signal = time_agentrl(trainer, args.steps, args.warmup)
@@ -261,14 +275,16 @@ def main() -> None:
         trl_step: list[float] = []
         if not args.skip_trl:
             try:
-                trl_step = time_trl(args.threads, args.steps, args.warmup, Path(tmp) / "trl")
+                trl_step = time_trl(
+                    args.threads, args.steps, args.warmup, Path(tmp) / "trl", args.dtype == "bfloat16"
+                )
             except ImportError:
                 print("TRL is not installed (pip install -e '.[bench]'); timing agentrl only")
     ours = statistics.mean(ours_step)
     print(
         f"setting: SmolLM2-135M, {PROMPTS} prompts x {GENERATIONS} generations x <= {NEW_TOKENS} new tokens, "
-        f"GRPO, full fine-tune, fp32, {args.threads} thread(s), agentrl rollout backend {args.backend}, mean "
-        f"of {args.steps} steps"
+        f"GRPO, full fine-tune, {args.dtype}, {args.threads} thread(s), agentrl rollout backend "
+        f"{args.backend}, mean of {args.steps} steps"
     )
     rows = "rows without signal skipped" if args.skip_rows_without_signal else "every row trained"
     print(
