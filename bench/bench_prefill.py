@@ -25,6 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_train_step import gemm_peak
 
+from agentrl.core.cpu_features import cpu_flags, native_bf16
 from agentrl.core.generator import SamplingParams
 from agentrl.core.models import load_model
 from agentrl.generation.hf import HFGenerator
@@ -62,7 +63,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rows", type=int, default=64, help="prompts prefilled together")
     parser.add_argument("--budgets", default="8192,4096,2048,1024", help="prefill_tokens values to time")
-    parser.add_argument("--dtypes", default="float32,bfloat16")
+    parser.add_argument(
+        "--dtypes", default=None,
+        help="comma-separated (default float32,bfloat16; float32 alone on a CPU that emulates bf16)",
+    )  # fmt: skip
     parser.add_argument(
         "--new-tokens", type=int, default=32, help="tokens sampled per prompt in the decode run"
     )
@@ -73,7 +77,12 @@ def main() -> None:
     budgets = [int(b) for b in args.budgets.split(",")]
     decode: dict[str, float] = {}
     print(f"SmolLM2-135M, {args.rows} prompts of 150-330 tokens, {args.threads} thread(s)")
-    for dtype in args.dtypes.split(","):
+    dtypes = args.dtypes or "float32,bfloat16"
+    if args.dtypes is None and native_bf16(cpu_flags()) is False:
+        dtypes = "float32"
+        print("bfloat16 skipped: this CPU emulates bf16 (no avx512_bf16, amx_bf16 or bf16 flag); --dtypes "
+              "float32,bfloat16 times it anyway")  # fmt: skip
+    for dtype in dtypes.split(","):
         model, tokenizer = load_model("bundled:smollm2-135m-instruct", dtype=dtype, device="cpu")
         params = sum(p.numel() for p in model.parameters()) - model.get_input_embeddings().weight.numel()
         peak = gemm_peak(args.threads, dtype=dtype)

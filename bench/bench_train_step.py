@@ -32,6 +32,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from agentrl.core.cpu_features import cpu_flags, native_bf16  # noqa: E402
 
 PROMPTS = 2
 GENERATIONS = 4
@@ -168,10 +169,10 @@ def time_trl(threads: int, steps: int, warmup: int, out: Path, bf16: bool = Fals
     return times[warmup:]
 
 
-def update_timings(trainer, repeats: int) -> dict[str, float]:  # type: ignore[no-untyped-def]
-    """On one sampled batch: agentrl's update seconds in fp32 (`fp32`) and under bf16 autocast (`bf16`), the
-    naive full-logits update (`naive`), the FLOPs of one forward + backward (`flops`) and the fp32-vs-bf16
-    log-prob gap over its agent tokens (`gap_mean`, `gap_max`).
+def update_timings(trainer, repeats: int, with_bf16: bool = True) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    """On one sampled batch: agentrl's update seconds in fp32 (`fp32`) and, `with_bf16`, under bf16 autocast
+    (`bf16`), the naive full-logits update (`naive`), the FLOPs of one forward + backward (`flops`) and the
+    fp32-vs-bf16 log-prob gap over its agent tokens (`gap_mean`, `gap_max`).
 
     FLOPs follow the 6 x params x tokens convention over the weights that multiply activations: every
     parameter but the input embedding (a lookup, not a GEMM), the output head's vocab x hidden included
@@ -217,7 +218,8 @@ def update_timings(trainer, repeats: int) -> dict[str, float]:  # type: ignore[n
         under("bfloat16")
 
     timings = {}
-    for name, fn in (("ours", ours), ("naive", naive), ("ours_bf16", ours_bf16)):
+    timed = [("ours", ours), ("naive", naive)] + ([("ours_bf16", ours_bf16)] if with_bf16 else [])
+    for name, fn in timed:
         fn()
         runs = []
         for _ in range(repeats):
@@ -230,6 +232,8 @@ def update_timings(trainer, repeats: int) -> dict[str, float]:  # type: ignore[n
     head = model.get_output_embeddings().weight
     body = sum(p.numel() for p in model.parameters() if p is not embedding and p is not head)
     flops = 6 * (body + head.numel()) * tokens
+    if not with_bf16:
+        return {"fp32": timings["ours"], "naive": timings["naive"], "flops": float(flops)}
     keys = ("input_ids", "attention_mask", "loss_mask", "prompt_lengths")
     logprobs = {}
     for dtype in ("float32", "bfloat16"):
@@ -269,7 +273,8 @@ def main() -> None:
         if not args.skip_rows_without_signal:
             train_every_row(trainer)
         ours_step, ours_update, signal = time_agentrl(trainer, args.steps, args.warmup)
-        timings = update_timings(trainer, repeats=3)
+        emulated = native_bf16(cpu_flags()) is False
+        timings = update_timings(trainer, repeats=3, with_bf16=args.dtype == "bfloat16" or not emulated)
         update, naive, flops = timings["fp32"], timings["naive"], timings["flops"]
         trainer.close()
         trl_step: list[float] = []
@@ -296,12 +301,17 @@ def main() -> None:
         print(
             f"TRL GRPOTrainer step {theirs:7.2f} s   ratio agentrl/TRL = {ours / theirs:.2f}x (goal <= 0.35x)"
         )
-    peak32, peak16 = gemm_peak(args.threads), gemm_peak(args.threads, dtype="bfloat16")
+    peak32 = gemm_peak(args.threads)
     print(
         f"update alone: agentrl {update:.2f} s vs naive full-logits {naive:.2f} s = {update / naive:.2f}x; "
         f"agentrl at {flops / update / 1e9:.1f} GFLOP/s = {flops / update / peak32:.2f} of the fp32 GEMM "
         f"peak ({peak32 / 1e9:.1f} GFLOP/s), naive at {flops / naive / peak32:.2f}"
     )
+    if "bf16" not in timings:
+        print("update under bf16 autocast skipped: this CPU emulates bf16 (no avx512_bf16, amx_bf16 or bf16 "
+              "flag); --dtype bfloat16 times it anyway")  # fmt: skip
+        return
+    peak16 = gemm_peak(args.threads, dtype="bfloat16")
     bf16 = timings["bf16"]
     print(
         f"update fp32 {update:.2f} s vs bf16 autocast {bf16:.2f} s = {bf16 / update:.2f}x; bf16 at "

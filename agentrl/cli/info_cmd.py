@@ -44,6 +44,7 @@ def collect_info() -> dict[str, Any]:
     """Everything `agentrl info` reports, as a JSON-serializable dict."""
     import torch
 
+    from agentrl.core.cpu_features import cpu_flags, native_bf16
     from agentrl.core.models import BUNDLED_MODELS, ModelNotFoundError, _cached_conversion_dir, bundled_path
     from agentrl.core.paths import cache_dir, models_cache_dir
 
@@ -54,6 +55,7 @@ def collect_info() -> dict[str, Any]:
         if cuda
         else [],
         "cpu_threads": torch.get_num_threads(),
+        "cpu_native_bf16": native_bf16(cpu_flags()),
     }
     try:
         import faiss
@@ -111,6 +113,9 @@ def info(
     dev = data["devices"]
     cuda = ", ".join(dev["cuda_devices"]) if dev["cuda_available"] else "not available (CPU only)"
     console.print(f"[bold]CUDA:[/] {cuda}   [bold]CPU threads:[/] {dev['cpu_threads']}")
+    emulated = "emulated (no avx512_bf16, amx_bf16 or bf16 flag): keep float32"
+    bf16 = {True: "native", False: emulated, None: "unknown"}
+    console.print(f"[bold]CPU bf16:[/] {bf16[dev['cpu_native_bf16']]}")
     console.print(f"[bold]faiss GPUs:[/] {dev['faiss_gpus']}")
     ray = data["ray"]
     console.print(f"[bold]Ray:[/] {'available ' + ray['version'] if ray['available'] else 'not installed'}")

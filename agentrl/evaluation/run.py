@@ -128,7 +128,7 @@ def run_eval(
     an evaluation of the same manifest found there)."""
     from agentrl.core.models import inspect_model
     from agentrl.evaluation.manifest import build_manifest
-    from agentrl.rollout.setup import build_engine, build_generator_for, load_policy
+    from agentrl.rollout.setup import build_engine, build_generator_for, emulated_bf16_warning, load_policy
     from agentrl.train.recipe import check_config
 
     say = stage or (lambda text: None)
@@ -146,6 +146,8 @@ def run_eval(
 
         torch.set_num_threads(cfg.threads)
     say(f"loading {cfg.model.name}")
+    if warning := emulated_bf16_warning(cfg):
+        say(f"warning: {warning}")
     model, tokenizer = load_policy(cfg)
     say("building the environment and retriever")
     engine, executor = build_engine(cfg, build_generator_for(cfg, model, tokenizer), tokenizer)

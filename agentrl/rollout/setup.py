@@ -188,6 +188,37 @@ def build_engine(cfg: ExperimentConfig, generator: Any, tokenizer: Any) -> tuple
     return RolloutEngine(generator, tokenizer, executor, config), executor
 
 
+def bf16_settings(cfg: ExperimentConfig) -> list[str]:
+    """The `key=bfloat16` settings of `cfg` that put matrix products in bf16 (the policy's weights, the
+    trainer's autocast, the hf sampler's copy, a vLLM engine's dtype)."""
+    r = cfg.rollout
+    named = {
+        "model.dtype": cfg.model.dtype,
+        "trainer.compute_dtype": cfg.trainer.compute_dtype,
+        "rollout.sampler_dtype": r.sampler_dtype if r.backend == "hf" else None,
+        "rollout.vllm.dtype": r.vllm.dtype if r.backend == "vllm" else None,
+    }
+    return [f"{key}=bfloat16" for key, value in named.items() if value == "bfloat16"]
+
+
+def emulated_bf16_warning(cfg: ExperimentConfig, flags: set[str] | None = None) -> str | None:
+    """A warning when `cfg` computes in bf16 on a CPU without native bf16 instructions (`flags`: the CPU's
+    feature flags, default this machine's), where bf16 matrix products run tens of times slower than fp32;
+    None otherwise."""
+    from agentrl.core.cpu_features import cpu_flags, native_bf16
+    from agentrl.core.models import resolve_device
+
+    settings = bf16_settings(cfg)
+    if not settings or resolve_device(cfg.model.device) != "cpu":
+        return None
+    if native_bf16(cpu_flags() if flags is None else flags) is not False:
+        return None
+    return (
+        f"{', '.join(settings)} on a CPU without native bf16 instructions (no avx512_bf16, amx_bf16 or bf16 "
+        "flag): its bf16 matrix products run in emulation, tens of times slower than fp32; use float32 here"
+    )
+
+
 def load_policy(cfg: ExperimentConfig, trains_here: bool = False) -> tuple[Any, Any]:
     """(model, tokenizer) for `cfg.model`; with the vLLM backend only the tokenizer (vLLM loads weights),
     unless `trains_here`: the in-process trainer (`trainer.num_workers: 0`) trains the model beside it."""
@@ -224,6 +255,8 @@ def run_from_config(
     stage(f"loading tasks ({cfg.data.dataset})")
     tasks = section_tasks(cfg, cfg.data)
     stage(f"loading {cfg.model.name}")
+    if warning := emulated_bf16_warning(cfg):
+        stage(f"warning: {warning}")
     model, tokenizer = load_policy(cfg)
     engine, executor = build_engine(cfg, build_generator_for(cfg, model, tokenizer), tokenizer)
     stage(f"sampling {len(tasks)} tasks x {cfg.rollout.group_size} episodes in {cfg.env.id}")

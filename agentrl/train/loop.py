@@ -169,6 +169,7 @@ class Trainer:
         from agentrl.rollout.setup import (
             build_engine,
             build_generator_for,
+            emulated_bf16_warning,
             env_kwargs_for,
             load_policy,
             section_tasks,
@@ -184,6 +185,8 @@ class Trainer:
             self.display.note(f"connecting to Ray for {cfg.trainer.num_workers} policy workers")
             self._owns_ray = connect(cfg, self.source)
         self.display.note(f"loading {cfg.model.name}")
+        if warning := emulated_bf16_warning(cfg):
+            self.display.note(f"[yellow]warning[/]: {warning}")
         model, self.tokenizer = load_policy(cfg, trains_here=True)
         spec = TrainableSpec.from_section(cfg.finetune)
         after_sft = cfg.sft.enabled and self.state.phase != "sft"

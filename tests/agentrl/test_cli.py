@@ -39,6 +39,7 @@ def test_info_json_reports_versions_devices_and_caches() -> None:
     assert data["packages"]["torch"]
     assert isinstance(data["devices"]["cuda_available"], bool)
     assert "faiss_gpus" in data["devices"]
+    assert data["devices"]["cpu_native_bf16"] in (True, False, None)
     assert data["ray"]["available"] in (True, False)
     assert data["caches"]["models"].endswith("models")
     assert set(data["bundled_models"]) == {"smollm2-135m-instruct", "all-minilm-l6-v2"}
