@@ -9,7 +9,7 @@ import pytest
 
 from retrievers.build import BuildConfig, build_index
 
-HOTPOT_QUESTIONS = 150  # questions whose paragraphs form the test corpus (about 1,500 passages)
+HOTPOT_QUESTIONS = 100  # questions whose paragraphs form the test corpus (about 1,000 passages)
 
 
 def head_lines(source: Path, target: Path, n: int) -> Path:

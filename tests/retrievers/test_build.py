@@ -104,10 +104,26 @@ def test_trained_index_types_build_and_search(wiki_subset: Path, tmp_path: Path)
     assert retriever.search(["Teutberga queen of Lotharingia"], 5)[0][0].title == "Teutberga"
     with pytest.raises(FileExistsError, match="--overwrite"):
         build_index(cfg)
+
+
+@requires_minilm
+@pytest.mark.parametrize(
+    ("index_type", "message"),
+    [("IVF4096,Flat", "4096 IVF lists"), ("PQ7", "multiple of 7"), ("Bogus9", "faiss")],
+)
+def test_a_bad_index_type_is_refused_before_any_passage_is_encoded(
+    wiki_subset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, index_type: str, message: str
+) -> None:
+    import retrievers.build
+
+    def encode_shards(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise AssertionError("passages were encoded before the index type was checked")
+
+    monkeypatch.setattr(retrievers.build, "encode_shards", encode_shards)
     bad = BuildConfig(
-        corpus=str(wiki_subset), out=str(tmp_path / "bad"), index_type="IVF4096,Flat", progress=False
+        corpus=str(wiki_subset), out=str(tmp_path / "bad"), index_type=index_type, progress=False
     )
-    with pytest.raises(ValueError, match="IVF4096"):
+    with pytest.raises(ValueError, match=message):
         build_index(bad)
 
 
