@@ -140,11 +140,10 @@ def _build_in(
     meta = meta_header(cfg.kind, num_docs, corpus, fmt)
     encoded = reused = 0
     if needs_dense and spec is not None:
-        from retrievers.dense import check_index_type, new_index
+        from retrievers.dense import check_index_type
 
         encoder = Encoder.from_spec(spec, device=cfg.device)
         check_index_type(cfg.index_type, num_docs, encoder.spec.dim)  # before hours of encoding, not after
-        new_index(cfg.index_type, encoder.spec.dim)
         shards, encoded, reused = encode_shards(encoder, docs, work / SHARD_DIR, cfg, console)
         _write_faiss(cfg, shards, encoder.spec.dim, work / FAISS_FILE, console)
         meta["encoder"] = encoder.spec.to_dict()

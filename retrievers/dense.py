@@ -22,7 +22,8 @@ _PQ_CODES = 256  # a PQ sub-quantizer with 8 bits needs at least this many train
 
 
 def check_index_type(index_type: str, num_vectors: int, dim: int) -> None:
-    """Raise a clear error when `index_type` cannot be trained on `num_vectors` vectors of size `dim`."""
+    """Raise a clear error when faiss cannot build `index_type` for vectors of size `dim`, or cannot train
+    it on `num_vectors` of them."""
     ivf = re.search(r"IVF(\d+)", index_type)
     if ivf:
         nlist = int(ivf.group(1))
@@ -45,6 +46,7 @@ def check_index_type(index_type: str, num_vectors: int, dim: int) -> None:
                 f"to train, "
                 f"the corpus has {num_vectors}; use Flat or HNSW32"
             )
+    new_index(index_type, dim)
 
 
 def new_index(index_type: str, dim: int) -> Any:
