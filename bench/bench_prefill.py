@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_train_step import gemm_peak
 
-from agentrl.core.cpu_features import cpu_flags, native_bf16
+from agentrl.core.cpu_features import NO_NATIVE_BF16, cpu_flags, native_bf16
 from agentrl.core.generator import SamplingParams
 from agentrl.core.models import load_model
 from agentrl.generation.hf import HFGenerator
@@ -80,8 +80,8 @@ def main() -> None:
     dtypes = args.dtypes or "float32,bfloat16"
     if args.dtypes is None and native_bf16(cpu_flags()) is False:
         dtypes = "float32"
-        print("bfloat16 skipped: this CPU emulates bf16 (no avx512_bf16, amx_bf16 or bf16 flag); --dtypes "
-              "float32,bfloat16 times it anyway")  # fmt: skip
+        print(f"bfloat16 skipped: this CPU emulates bf16 ({NO_NATIVE_BF16}); --dtypes float32,bfloat16 times "
+              "it anyway")  # fmt: skip
     for dtype in dtypes.split(","):
         model, tokenizer = load_model("bundled:smollm2-135m-instruct", dtype=dtype, device="cpu")
         params = sum(p.numel() for p in model.parameters()) - model.get_input_embeddings().weight.numel()

@@ -32,7 +32,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from agentrl.core.cpu_features import cpu_flags, native_bf16  # noqa: E402
+from agentrl.core.cpu_features import NO_NATIVE_BF16, cpu_flags, native_bf16  # noqa: E402
 
 PROMPTS = 2
 GENERATIONS = 4
@@ -308,8 +308,8 @@ def main() -> None:
         f"peak ({peak32 / 1e9:.1f} GFLOP/s), naive at {flops / naive / peak32:.2f}"
     )
     if "bf16" not in timings:
-        print("update under bf16 autocast skipped: this CPU emulates bf16 (no avx512_bf16, amx_bf16 or bf16 "
-              "flag); --dtype bfloat16 times it anyway")  # fmt: skip
+        print(f"update under bf16 autocast skipped: this CPU emulates bf16 ({NO_NATIVE_BF16}); --dtype "
+              "bfloat16 times it anyway")  # fmt: skip
         return
     peak16 = gemm_peak(args.threads, dtype="bfloat16")
     bf16 = timings["bf16"]

@@ -103,6 +103,8 @@ def info(
     from rich.console import Console
     from rich.table import Table
 
+    from agentrl.core.cpu_features import NO_NATIVE_BF16
+
     console = Console()
     version = data["packages"]["agentrl"]
     console.print(f"[bold]agentrl[/] {version}  python {data['python']}  {data['platform']}")
@@ -113,7 +115,7 @@ def info(
     dev = data["devices"]
     cuda = ", ".join(dev["cuda_devices"]) if dev["cuda_available"] else "not available (CPU only)"
     console.print(f"[bold]CUDA:[/] {cuda}   [bold]CPU threads:[/] {dev['cpu_threads']}")
-    emulated = "emulated (no avx512_bf16, amx_bf16 or bf16 flag): keep float32"
+    emulated = f"emulated ({NO_NATIVE_BF16}): keep float32"
     bf16 = {True: "native", False: emulated, None: "unknown"}
     console.print(f"[bold]CPU bf16:[/] {bf16[dev['cpu_native_bf16']]}")
     console.print(f"[bold]faiss GPUs:[/] {dev['faiss_gpus']}")

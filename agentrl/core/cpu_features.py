@@ -8,6 +8,7 @@ from pathlib import Path
 
 CPUINFO = Path("/proc/cpuinfo")
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
+NO_NATIVE_BF16 = f"no {', '.join(NATIVE_BF16_FLAGS[:-1])} or {NATIVE_BF16_FLAGS[-1]} flag"
 
 
 def cpu_flags(cpuinfo: Path = CPUINFO) -> set[str] | None:

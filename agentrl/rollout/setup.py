@@ -205,7 +205,7 @@ def emulated_bf16_warning(cfg: ExperimentConfig, flags: set[str] | None = None) 
     """A warning when `cfg` computes in bf16 on a CPU without native bf16 instructions (`flags`: the CPU's
     feature flags, default this machine's), where bf16 matrix products run tens of times slower than fp32;
     None otherwise."""
-    from agentrl.core.cpu_features import cpu_flags, native_bf16
+    from agentrl.core.cpu_features import NO_NATIVE_BF16, cpu_flags, native_bf16
     from agentrl.core.models import resolve_device
 
     settings = bf16_settings(cfg)
@@ -214,8 +214,8 @@ def emulated_bf16_warning(cfg: ExperimentConfig, flags: set[str] | None = None) 
     if native_bf16(cpu_flags() if flags is None else flags) is not False:
         return None
     return (
-        f"{', '.join(settings)} on a CPU without native bf16 instructions (no avx512_bf16, amx_bf16 or bf16 "
-        "flag): its bf16 matrix products run in emulation, tens of times slower than fp32; use float32 here"
+        f"{', '.join(settings)} on a CPU without native bf16 instructions ({NO_NATIVE_BF16}): its bf16 "
+        "matrix products run in emulation, tens of times slower than fp32; use float32 here"
     )
 
 
