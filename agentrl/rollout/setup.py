@@ -137,7 +137,10 @@ def build_generator_for(
             adapter_dir=adapter_dir,
         )  # fmt: skip
     sampler = sampler_model(model, cfg.rollout.sampler_dtype)
-    return build_generator("hf", model=sampler, tokenizer=tokenizer, max_batch_size=cfg.rollout.batch_size)
+    return build_generator(
+        "hf", model=sampler, tokenizer=tokenizer, max_batch_size=cfg.rollout.batch_size,
+        packed_weights=cfg.rollout.packed_weights,
+    )  # fmt: skip
 
 
 def sampler_model(model: Any, dtype: str | None) -> Any:

@@ -331,6 +331,17 @@ def _check_workers(cfg: ExperimentConfig, source: str) -> None:
             f"{source}: rollout.sampler_dtype={r.sampler_dtype} sets the hf sampler's precision; with "
             "rollout.backend=vllm set rollout.vllm.dtype instead"
         )
+    if r.backend == "vllm" and r.packed_weights:
+        raise ConfigError(
+            f"{source}: rollout.packed_weights=true packs the hf sampler's weights; rollout.backend=vllm "
+            "has its own kernels (leave packed_weights unset)"
+        )
+    sampler_dtype = r.sampler_dtype or cfg.model.dtype
+    if r.backend == "hf" and r.packed_weights and sampler_dtype in ("bfloat16", "float16"):
+        raise ConfigError(
+            f"{source}: rollout.packed_weights=true packs float32 weights, but the hf sampler computes in "
+            f"{sampler_dtype} (model.dtype / rollout.sampler_dtype)"
+        )
     if r.backend == "vllm" and t.num_workers and cfg.sft.enabled:
         raise ConfigError(
             f"{source}: sft.enabled with rollout.backend=vllm and trainer.num_workers={t.num_workers}: the "

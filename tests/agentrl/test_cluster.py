@@ -72,6 +72,10 @@ def test_parameters_are_counted_from_the_config_alone(tiny_model_dir: Path, mode
         (["rollout.vllm.gpu_memory_utilization=1.5"], r"gpu_memory_utilization=1.5 must lie in \(0, 1\)"),
         (["rollout.backend=vllm", "rollout.sampler_dtype=bfloat16"],
          r"with rollout.backend=vllm set rollout.vllm.dtype"),
+        (["rollout.backend=vllm", "rollout.packed_weights=true"],
+         r"packed_weights=true packs the hf sampler"),
+        (["rollout.packed_weights=true", "rollout.sampler_dtype=bfloat16"],
+         r"packed_weights=true packs float32 weights, but the hf sampler computes in bfloat16"),
     ],
 )  # fmt: skip
 def test_worker_and_engine_settings_that_cannot_run_are_refused(overrides: list[str], message: str) -> None:
