@@ -185,6 +185,8 @@ class HFGenerator:
         if source.live_module() is not self.model:
             _copy_named_parameters(self.model, source.trainable_state())
         self.clear_cache()
+        if self.packed is not None:
+            self.packed.clear()
         self.policy_version = version
 
     def awake(self) -> contextlib.nullcontext[HFGenerator]:

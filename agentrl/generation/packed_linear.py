@@ -6,7 +6,9 @@ SmolLM2-135M, [8, 576] x [576, 49152], takes 45 ms through `F.linear` on one thr
 21 and 14 ms on a weight packed once into oneDNN's blocked layout (`torch.ops.mkldnn._reorder_linear_weight`).
 
 `PackedLinears(model)` keeps one packed copy of every `nn.Linear` weight of `model` and packs a weight again
-when it has changed since (an optimizer step, a copy into it, a move): its storage or version counter tells.
+when its storage or version counter has changed since (a copy into it, a move, an unfused optimizer step);
+`clear()` drops every copy, for changes that leave the version counter alone (torch's fused AdamW): the HF
+generator calls it in `update_policy`, which the trainer calls after every optimizer step.
 Inside `with packed.active():` the model's linear layers multiply inputs of `min_rows`..`max_rows` rows
 on the packed copies; one-row inputs, prefill chunks, inputs that need gradients and every call outside the
 block go through `F.linear` unchanged. The packed copies take as much memory again as the linear weights.

@@ -123,7 +123,25 @@ def test_packed_weights_are_refused_where_they_cannot_be(tokenizer) -> None:
         PackedLinears(_layers(), min_rows=4, max_rows=2)
 
 
-def test_a_sampler_on_the_trained_module_samples_from_the_weights_after_each_update(tokenizer) -> None:
+class _LiveModule:
+    """`PolicyWeights` of a module the generator samples from itself (an in-process trainer's)."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.module = module
+
+    def live_module(self) -> torch.nn.Module:
+        return self.module
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        return {}
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "fused-adamw"])
+def test_a_sampler_on_the_trained_module_samples_from_the_weights_after_each_update(
+    tokenizer, optimizer: str
+) -> None:
+    """SGD's step bumps the weights' version counters; fused AdamW's (the trainer's) does not, and the
+    trainer's `update_policy` is what drops the packed copies."""
     from agentrl.experiment import ExperimentConfig
     from agentrl.rollout.setup import build_generator_for
 
@@ -134,9 +152,14 @@ def test_a_sampler_on_the_trained_module_samples_from_the_weights_after_each_upd
     prompts = [tokenizer.encode(p, add_special_tokens=False) for p in ["alpha beta", "gamma"]]
     sp = SamplingParams(temperature=1.0, max_new_tokens=10, seed=7)
     generator.generate(prompts, sp)
-    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    if optimizer == "sgd":
+        step = torch.optim.SGD(model.parameters(), lr=1.0)
+    else:
+        step = torch.optim.AdamW(model.parameters(), lr=0.05, fused=True)
     model(torch.tensor([prompts[0]])).logits[0, -1, :50].sum().backward()
-    optimizer.step()  # in place, as the in-process trainer does between rollouts
+    step.step()  # in place, as the in-process trainer does between rollouts
+    if optimizer == "fused-adamw":
+        generator.update_policy(_LiveModule(model), 1)
     after = generator.generate(prompts, sp)
     expected = HFGenerator(model, tokenizer, packed_weights=False).generate(prompts, sp)
     assert [c.token_ids for c in after] == [c.token_ids for c in expected]
