@@ -14,7 +14,8 @@ against a naive update that materialises the full logits; the update in fp32 and
 (`trainer.compute_dtype`), with the log-prob gap between the two (what a bf16 sampler and an fp32 trainer, or
 the reverse, disagree by); and each update's FLOP/s (6 x params x tokens) against the GEMM peak of its dtype
 measured here. TRL runs without gradient checkpointing (its default trades compute for memory a 135M model
-does not need).
+does not need). TRL runs first, on the C library's malloc; agentrl then keeps the memory torch frees
+(`retain_freed_memory`, process-wide), or not with `--system-malloc`.
 
     pip install -e ".[bench]"            # TRL
     python bench/bench_train_step.py     # --threads 2 --steps 3
@@ -32,7 +33,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from agentrl.core.cpu_features import NO_NATIVE_BF16, cpu_flags, native_bf16  # noqa: E402
+from agentrl.core.cpu_features import NO_NATIVE_BF16, cpu_flags, gemm_flops, native_bf16  # noqa: E402
 
 PROMPTS = 2
 GENERATIONS = 4
@@ -40,22 +41,16 @@ NEW_TOKENS = 48
 
 
 def gemm_peak(threads: int, size: int = 1024, repeats: int = 8, dtype: str = "float32") -> float:
-    """FLOP/s of a square matmul in `dtype` on this machine (the best of `repeats`)."""
+    """FLOP/s of a square matmul in `dtype` with `threads` torch threads (the best of `repeats`)."""
     import torch
 
     torch.set_num_threads(threads)
-    kind = getattr(torch, dtype)
-    a, b = torch.randn(size, size).to(kind), torch.randn(size, size).to(kind)
-    a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best
+    return gemm_flops(dtype, size=size, repeats=repeats)
 
 
-def agentrl_trainer(threads: int, steps: int, out: Path, backend: str = "hf", dtype: str = "float32"):  # type: ignore[no-untyped-def]
+def agentrl_trainer(  # type: ignore[no-untyped-def]
+    threads: int, steps: int, out: Path, backend: str = "hf", dtype: str = "float32", retain: bool = True
+):
     from agentrl.core.config import load_config
     from agentrl.experiment import ExperimentConfig
     from agentrl.train.display import TrainDisplay
@@ -70,6 +65,7 @@ def agentrl_trainer(threads: int, steps: int, out: Path, backend: str = "hf", dt
         "finetune.mode=full", "finetune.train_layers=all", "algorithm.preset=grpo", "eval.enabled=false",
         "sft.enabled=false", f"output.dir={out}", "output.plots=false", "output.save_trajectories=false",
         f"rollout.backend={backend}", f"trainer.compute_dtype={dtype}",
+        f"retain_freed_memory={str(retain).lower()}",
     ]  # fmt: skip
     if dtype != "float32" and backend == "hf":
         overrides.append(f"rollout.sampler_dtype={dtype}")
@@ -266,10 +262,24 @@ def main() -> None:
         help="bfloat16: agentrl samples from a bf16 copy (rollout.sampler_dtype) and trains under bf16 "
         "autocast (trainer.compute_dtype), TRL runs with bf16=True; the update-alone lines time both dtypes",
     )  # fmt: skip
+    parser.add_argument(
+        "--system-malloc", action="store_true",
+        help="agentrl with retain_freed_memory=false: the C library's malloc, as TRL runs (TRL runs first)",
+    )  # fmt: skip
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
+        trl_step: list[float] = []
+        if not args.skip_trl:  # first: agentrl's `retain_freed_memory` changes malloc for the whole process
+            try:
+                trl_step = time_trl(
+                    args.threads, args.steps, args.warmup, Path(tmp) / "trl", args.dtype == "bfloat16"
+                )
+            except ImportError:
+                print("TRL is not installed (pip install -e '.[bench]'); timing agentrl only")
         steps = args.warmup + args.steps + 1
-        trainer = agentrl_trainer(args.threads, steps, Path(tmp) / "agentrl", args.backend, args.dtype)
+        trainer = agentrl_trainer(
+            args.threads, steps, Path(tmp) / "agentrl", args.backend, args.dtype, not args.system_malloc
+        )
         if not args.skip_rows_without_signal:
             train_every_row(trainer)
         ours_step, ours_update, signal = time_agentrl(trainer, args.steps, args.warmup)
@@ -277,19 +287,12 @@ def main() -> None:
         timings = update_timings(trainer, repeats=3, with_bf16=args.dtype == "bfloat16" or not emulated)
         update, naive, flops = timings["fp32"], timings["naive"], timings["flops"]
         trainer.close()
-        trl_step: list[float] = []
-        if not args.skip_trl:
-            try:
-                trl_step = time_trl(
-                    args.threads, args.steps, args.warmup, Path(tmp) / "trl", args.dtype == "bfloat16"
-                )
-            except ImportError:
-                print("TRL is not installed (pip install -e '.[bench]'); timing agentrl only")
     ours = statistics.mean(ours_step)
+    malloc = "on it too (--system-malloc)" if args.system_malloc else "keeping freed memory"
     print(
         f"setting: SmolLM2-135M, {PROMPTS} prompts x {GENERATIONS} generations x <= {NEW_TOKENS} new tokens, "
         f"GRPO, full fine-tune, {args.dtype}, {args.threads} thread(s), agentrl rollout backend "
-        f"{args.backend}, mean of {args.steps} steps"
+        f"{args.backend}, mean of {args.steps} steps; TRL on the C library's malloc, agentrl {malloc}"
     )
     rows = "rows without signal skipped" if args.skip_rows_without_signal else "every row trained"
     print(

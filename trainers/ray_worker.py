@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from agentrl.core.allocator import retain_freed_memory
 from agentrl.core.cuda_ipc import cuda_ipc_handle, device_uuid
 from agentrl.core.generator import Generator
 from trainers.batching import PolicyBatch
@@ -107,8 +108,12 @@ class PolicyRank:
     """One rank: a `LocalPolicyWorker` on this actor's replica whose `optim_step` first sums gradients
     over the process group. Runs inside a Ray actor (see `RayWorkerGroup`)."""
 
-    def __init__(self, model: Any, config: WorkerConfig, reference: Any, threads: int) -> None:
+    def __init__(
+        self, model: Any, config: WorkerConfig, reference: Any, threads: int, retain_memory: bool = False
+    ) -> None:
         torch.set_num_threads(max(threads, 1))
+        if retain_memory:
+            retain_freed_memory()
         self.device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
         model = _materialize(model).to(self.device)
         reference = _materialize(reference)
@@ -252,6 +257,8 @@ class RayWorkerGroup:
             engines are colocated in the same placement-group bundles).
         timeout_s: how long a collective may wait for a silent rank.
         ready_timeout_s: how long to wait for the placement group's resources.
+        retain_freed_memory: each actor's malloc keeps the memory torch frees
+            (`agentrl.core.allocator.retain_freed_memory`).
     """
 
     def __init__(
@@ -264,6 +271,7 @@ class RayWorkerGroup:
         gpu_share: float = 1.0,
         timeout_s: float = 1800.0,
         ready_timeout_s: float = 120.0,
+        retain_freed_memory: bool = False,
     ) -> None:
         import ray
         from ray.util.placement_group import placement_group
@@ -290,7 +298,7 @@ class RayWorkerGroup:
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
                     self.placement_group, placement_group_bundle_index=rank
                 ),
-            ).remote(model_ref, config, reference_ref, max(self.placement.cpus, 1))
+            ).remote(model_ref, config, reference_ref, max(self.placement.cpus, 1), retain_freed_memory)
             for rank in range(num_workers)
         ]  # fmt: skip
         host, port = self._call_one(0, "address")

@@ -44,7 +44,7 @@ def collect_info() -> dict[str, Any]:
     """Everything `agentrl info` reports, as a JSON-serializable dict."""
     import torch
 
-    from agentrl.core.cpu_features import cpu_flags, native_bf16
+    from agentrl.core.cpu_features import bf16_gemm_rates, cpu_flags, native_bf16
     from agentrl.core.models import BUNDLED_MODELS, ModelNotFoundError, _cached_conversion_dir, bundled_path
     from agentrl.core.paths import cache_dir, models_cache_dir
 
@@ -55,7 +55,8 @@ def collect_info() -> dict[str, Any]:
         if cuda
         else [],
         "cpu_threads": torch.get_num_threads(),
-        "cpu_native_bf16": native_bf16(cpu_flags()),
+        "cpu_native_bf16": native_bf16(flags := cpu_flags()),
+        "cpu_gemm_flops": bf16_gemm_rates(flags),
     }
     try:
         import faiss
@@ -91,19 +92,34 @@ def collect_info() -> dict[str, Any]:
     }
 
 
+def bf16_summary(native: bool | None, rates: dict[str, float | None]) -> str:
+    """The `CPU bf16:` line: native or emulated instructions, and the measured GEMM rates in each dtype."""
+    from agentrl.core.cpu_features import NO_NATIVE_BF16
+
+    if native is False:
+        return f"emulated ({NO_NATIVE_BF16}): keep float32"
+    fp32, bf16 = rates["float32"], rates["bfloat16"]
+    if bf16 is None or fp32 is None:
+        return "unknown"
+    kind = "native" if native else "instructions unknown"
+    faster = "bfloat16 is faster here" if bf16 > fp32 else "float32 is faster here, keep it"
+    return (
+        f"{kind}; a matmul measured {bf16 / 1e9:.0f} GFLOP/s in bfloat16 against {fp32 / 1e9:.0f} in float32 "
+        f"({bf16 / fp32:.2f}x): {faster}"
+    )
+
+
 def info(
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
 ) -> None:
-    """Report versions, devices (CUDA, faiss GPUs), Ray availability, the vLLM build, bundled models and cache
-    paths."""
+    """Report versions, devices (CUDA, faiss GPUs, the CPU's bf16 instructions and its measured float32 and
+    bfloat16 matmul rates), Ray availability, the vLLM build, bundled models and cache paths."""
     data = collect_info()
     if as_json:
         typer.echo(json.dumps(data, indent=2))
         return
     from rich.console import Console
     from rich.table import Table
-
-    from agentrl.core.cpu_features import NO_NATIVE_BF16
 
     console = Console()
     version = data["packages"]["agentrl"]
@@ -115,9 +131,7 @@ def info(
     dev = data["devices"]
     cuda = ", ".join(dev["cuda_devices"]) if dev["cuda_available"] else "not available (CPU only)"
     console.print(f"[bold]CUDA:[/] {cuda}   [bold]CPU threads:[/] {dev['cpu_threads']}")
-    emulated = f"emulated ({NO_NATIVE_BF16}): keep float32"
-    bf16 = {True: "native", False: emulated, None: "unknown"}
-    console.print(f"[bold]CPU bf16:[/] {bf16[dev['cpu_native_bf16']]}")
+    console.print(f"[bold]CPU bf16:[/] {bf16_summary(dev['cpu_native_bf16'], dev['cpu_gemm_flops'])}")
     console.print(f"[bold]faiss GPUs:[/] {dev['faiss_gpus']}")
     ray = data["ray"]
     console.print(f"[bold]Ray:[/] {'available ' + ray['version'] if ray['available'] else 'not installed'}")

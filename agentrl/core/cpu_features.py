@@ -1,10 +1,13 @@
-"""What this machine's CPU computes natively: bf16 matrix products run at several times the fp32 rate on CPUs
-with avx512_bf16 or AMX (x86) or the BF16 extension (Arm), and in emulation, tens of times slower than fp32,
-on the others (AVX2-only x86, for instance)."""
+"""What this machine's CPU computes natively, and how fast: bf16 matrix products run in emulation, tens of
+times slower than fp32, on CPUs without avx512_bf16 or AMX (x86) or the BF16 extension (Arm), AVX2-only x86
+for instance. With those instructions they may run faster than fp32 or not (a 2-core AMD EPYC with
+avx512_bf16 measured 4x fp32, a 2-core Intel Xeon with avx512_bf16 and no AMX 0.46x), so `gemm_flops`
+measures both."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from time import perf_counter
 
 CPUINFO = Path("/proc/cpuinfo")
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
@@ -31,3 +34,28 @@ def native_bf16(flags: set[str] | None) -> bool | None:
     if flags is None:
         return None
     return any(flag in flags for flag in NATIVE_BF16_FLAGS)
+
+
+def gemm_flops(dtype: str = "float32", size: int = 1024, repeats: int = 5) -> float:
+    """FLOP/s of a [size, size] x [size, size] matmul in `dtype` ("float32", "bfloat16") on the CPU with
+    torch's current thread count: the best of `repeats` after one warm-up product."""
+    import torch
+
+    kind = getattr(torch, dtype)
+    a, b = torch.randn(size, size).to(kind), torch.randn(size, size).to(kind)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        start = perf_counter()
+        a @ b
+        best = min(best, perf_counter() - start)
+    return 2 * size**3 / best
+
+
+def bf16_gemm_rates(flags: set[str] | None) -> dict[str, float | None]:
+    """Measured FLOP/s of a float32 and a bfloat16 matmul ({"float32": ..., "bfloat16": ...}); bfloat16 is
+    None, unmeasured, where `flags` say the CPU emulates bf16 (a product there takes seconds)."""
+    rates: dict[str, float | None] = {"float32": gemm_flops("float32"), "bfloat16": None}
+    if native_bf16(flags) is not False:
+        rates["bfloat16"] = gemm_flops("bfloat16")
+    return rates

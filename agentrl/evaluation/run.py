@@ -128,7 +128,13 @@ def run_eval(
     an evaluation of the same manifest found there)."""
     from agentrl.core.models import inspect_model
     from agentrl.evaluation.manifest import build_manifest
-    from agentrl.rollout.setup import build_engine, build_generator_for, emulated_bf16_warning, load_policy
+    from agentrl.rollout.setup import (
+        apply_process_settings,
+        build_engine,
+        build_generator_for,
+        load_policy,
+        slow_bf16_warning,
+    )
     from agentrl.train.recipe import check_config
 
     say = stage or (lambda text: None)
@@ -141,12 +147,9 @@ def run_eval(
     say(f"loading questions ({' '.join(str(p) for p in (cfg.eval.data.dataset, cfg.eval.data.path) if p)})")
     tasks = load_eval_tasks(cfg)
     check_overlap(cfg, tasks, list(train_files or []), allow_overlap, say, model_source)
-    if cfg.threads is not None:
-        import torch
-
-        torch.set_num_threads(cfg.threads)
+    apply_process_settings(cfg)
     say(f"loading {cfg.model.name}")
-    if warning := emulated_bf16_warning(cfg):
+    if warning := slow_bf16_warning(cfg):
         say(f"warning: {warning}")
     model, tokenizer = load_policy(cfg)
     say("building the environment and retriever")

@@ -204,22 +204,48 @@ def bf16_settings(cfg: ExperimentConfig) -> list[str]:
     return [f"{key}=bfloat16" for key, value in named.items() if value == "bfloat16"]
 
 
-def emulated_bf16_warning(cfg: ExperimentConfig, flags: set[str] | None = None) -> str | None:
-    """A warning when `cfg` computes in bf16 on a CPU without native bf16 instructions (`flags`: the CPU's
-    feature flags, default this machine's), where bf16 matrix products run tens of times slower than fp32;
-    None otherwise."""
-    from agentrl.core.cpu_features import NO_NATIVE_BF16, cpu_flags, native_bf16
+def slow_bf16_warning(
+    cfg: ExperimentConfig, flags: set[str] | None = None, rates: dict[str, float | None] | None = None
+) -> str | None:
+    """A warning when `cfg` computes in bf16 on a CPU where bf16 matrix products are slower than fp32; None
+    otherwise. `flags`: the CPU's feature flags (default this machine's): without native bf16 instructions
+    the products run in emulation, tens of times slower. With them, `rates` (FLOP/s by dtype, default
+    measured here in a fraction of a second, see `bf16_gemm_rates`) decide: some such CPUs multiply bf16
+    at half the fp32 rate."""
+    from agentrl.core.cpu_features import NO_NATIVE_BF16, bf16_gemm_rates, cpu_flags, native_bf16
     from agentrl.core.models import resolve_device
 
     settings = bf16_settings(cfg)
     if not settings or resolve_device(cfg.model.device) != "cpu":
         return None
-    if native_bf16(cpu_flags() if flags is None else flags) is not False:
+    flags = cpu_flags() if flags is None else flags
+    if native_bf16(flags) is False:
+        return (
+            f"{', '.join(settings)} on a CPU without native bf16 instructions ({NO_NATIVE_BF16}): its bf16 "
+            "matrix products run in emulation, tens of times slower than fp32; use float32 here"
+        )
+    rates = bf16_gemm_rates(flags) if rates is None else rates
+    fp32, bf16 = rates["float32"], rates["bfloat16"]
+    if fp32 is None or bf16 is None or bf16 >= fp32:
         return None
     return (
-        f"{', '.join(settings)} on a CPU without native bf16 instructions ({NO_NATIVE_BF16}): its bf16 "
-        "matrix products run in emulation, tens of times slower than fp32; use float32 here"
+        f"{', '.join(settings)} on a CPU where a bf16 matrix product measured {bf16 / 1e9:.0f} GFLOP/s "
+        f"against {fp32 / 1e9:.0f} in float32 ({bf16 / fp32:.2f}x), native bf16 instructions "
+        "notwithstanding: float32 is faster here"
     )
+
+
+def apply_process_settings(cfg: ExperimentConfig) -> None:
+    """This process's share of `cfg`: torch's intra-op threads (`threads`) and malloc keeping freed memory
+    (`retain_freed_memory`)."""
+    import torch
+
+    from agentrl.core.allocator import retain_freed_memory
+
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    if cfg.retain_freed_memory:
+        retain_freed_memory()
 
 
 def load_policy(cfg: ExperimentConfig, trains_here: bool = False) -> tuple[Any, Any]:
@@ -255,10 +281,11 @@ def run_from_config(
     `on_finish(n)` reports n more finished episodes.
     """
     stage = on_stage or (lambda text: None)
+    apply_process_settings(cfg)
     stage(f"loading tasks ({cfg.data.dataset})")
     tasks = section_tasks(cfg, cfg.data)
     stage(f"loading {cfg.model.name}")
-    if warning := emulated_bf16_warning(cfg):
+    if warning := slow_bf16_warning(cfg):
         stage(f"warning: {warning}")
     model, tokenizer = load_policy(cfg)
     engine, executor = build_engine(cfg, build_generator_for(cfg, model, tokenizer), tokenizer)

@@ -167,17 +167,17 @@ class Trainer:
 
     def build(self) -> None:
         from agentrl.rollout.setup import (
+            apply_process_settings,
             build_engine,
             build_generator_for,
-            emulated_bf16_warning,
             env_kwargs_for,
             load_policy,
             section_tasks,
+            slow_bf16_warning,
         )
 
         cfg = self.cfg
-        if cfg.threads is not None:
-            torch.set_num_threads(cfg.threads)
+        apply_process_settings(cfg)
         seed_everything(cfg.seed)
         if cfg.trainer.num_workers > 0:
             from agentrl.train.cluster import connect
@@ -185,7 +185,7 @@ class Trainer:
             self.display.note(f"connecting to Ray for {cfg.trainer.num_workers} policy workers")
             self._owns_ray = connect(cfg, self.source)
         self.display.note(f"loading {cfg.model.name}")
-        if warning := emulated_bf16_warning(cfg):
+        if warning := slow_bf16_warning(cfg):
             self.display.note(f"[yellow]warning[/]: {warning}")
         model, self.tokenizer = load_policy(cfg, trains_here=True)
         spec = TrainableSpec.from_section(cfg.finetune)
@@ -288,8 +288,9 @@ class Trainer:
         v = cfg.rollout.vllm
         share = 0.5 if cfg.rollout.backend == "vllm" and v.placement == "colocated" else 1.0
         return RayWorkerGroup(
-            self._model_source, config, t.num_workers, reference=self.reference, gpu_share=share
-        )
+            self._model_source, config, t.num_workers, reference=self.reference, gpu_share=share,
+            retain_freed_memory=cfg.retain_freed_memory,
+        )  # fmt: skip
 
     def _generating(self) -> contextlib.AbstractContextManager[object]:
         """Colocated vLLM engines hold their GPU memory only while a rollout or evaluation runs."""

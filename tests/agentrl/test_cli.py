@@ -32,6 +32,24 @@ def test_console_script_help_runs() -> None:
     assert "config" in result.stdout
 
 
+@pytest.mark.parametrize(
+    ("native", "rates", "line"),
+    [
+        (True, {"float32": 325e9, "bfloat16": 150e9},
+         "native; a matmul measured 150 GFLOP/s in bfloat16 against 325 in float32 (0.46x): float32 is"),
+        (True, {"float32": 130e9, "bfloat16": 520e9}, "(4.00x): bfloat16 is faster here"),
+        (False, {"float32": 35e9, "bfloat16": None}, "emulated (no avx512_bf16, amx_bf16 or bf16 flag)"),
+        (None, {"float32": 35e9, "bfloat16": 70e9}, "instructions unknown; a matmul measured 70 GFLOP/s"),
+    ],
+)  # fmt: skip
+def test_info_names_the_faster_cpu_dtype_from_the_measured_rates(
+    native: bool | None, rates: dict[str, float | None], line: str
+) -> None:
+    from agentrl.cli.info_cmd import bf16_summary
+
+    assert line in bf16_summary(native, rates)
+
+
 def test_info_json_reports_versions_devices_and_caches() -> None:
     result = runner.invoke(app, ["info", "--json"])
     assert result.exit_code == 0, result.output
@@ -40,6 +58,9 @@ def test_info_json_reports_versions_devices_and_caches() -> None:
     assert isinstance(data["devices"]["cuda_available"], bool)
     assert "faiss_gpus" in data["devices"]
     assert data["devices"]["cpu_native_bf16"] in (True, False, None)
+    rates = data["devices"]["cpu_gemm_flops"]
+    assert rates["float32"] > 0
+    assert (rates["bfloat16"] is None) == (data["devices"]["cpu_native_bf16"] is False)
     assert data["ray"]["available"] in (True, False)
     assert data["caches"]["models"].endswith("models")
     assert set(data["bundled_models"]) == {"smollm2-135m-instruct", "all-minilm-l6-v2"}

@@ -1,4 +1,5 @@
-"""Native-bf16 detection from /proc/cpuinfo and the warning a bf16 run gets on a CPU that emulates bf16."""
+"""Native-bf16 detection from /proc/cpuinfo, the GEMM rates, and the warning a bf16 run gets on a CPU that
+emulates bf16 or multiplies it slower than fp32."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from agentrl.core.config import load_config
-from agentrl.core.cpu_features import cpu_flags, native_bf16
+from agentrl.core.cpu_features import bf16_gemm_rates, cpu_flags, gemm_flops, native_bf16
 from agentrl.experiment import ExperimentConfig
-from agentrl.rollout.setup import bf16_settings, emulated_bf16_warning
+from agentrl.rollout.setup import bf16_settings, slow_bf16_warning
 
 ZEN2 = "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx avx2 fma\n\nprocessor\t: 1\n"
 ZEN4 = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 avx512_vnni\n"
@@ -44,9 +45,38 @@ def test_bf16_settings_name_each_key_that_computes_in_bf16() -> None:
 
 def test_bf16_on_a_cpu_that_emulates_it_is_warned_naming_the_keys() -> None:
     cfg = cpu_config("trainer.compute_dtype=bfloat16")
-    warning = emulated_bf16_warning(cfg, flags={"avx2", "fma"})
+    warning = slow_bf16_warning(cfg, flags={"avx2", "fma"})
     assert warning is not None
     assert warning.startswith("trainer.compute_dtype=bfloat16 on a CPU without native bf16")
     assert "use float32" in warning
-    assert emulated_bf16_warning(cfg, flags={"avx2", "avx512_bf16"}) is None
-    assert emulated_bf16_warning(cpu_config(), flags={"avx2"}) is None
+    faster = {"float32": 1e11, "bfloat16": 4e11}
+    assert slow_bf16_warning(cfg, flags={"avx2", "avx512_bf16"}, rates=faster) is None
+    assert slow_bf16_warning(cpu_config(), flags={"avx2"}) is None
+
+
+def test_bf16_on_a_native_cpu_that_multiplies_it_slower_than_fp32_is_warned_with_both_rates() -> None:
+    cfg = cpu_config("rollout.sampler_dtype=bfloat16")
+    native = {"avx512f", "avx512_bf16"}
+    warning = slow_bf16_warning(cfg, flags=native, rates={"float32": 325e9, "bfloat16": 150e9})
+    assert warning is not None
+    assert warning.startswith("rollout.sampler_dtype=bfloat16 on a CPU where a bf16 matrix product measured")
+    assert "150 GFLOP/s against 325 in float32 (0.46x)" in warning
+    assert "float32 is faster here" in warning
+    assert slow_bf16_warning(cfg, flags=native, rates={"float32": 325e9, "bfloat16": 325e9}) is None
+    assert slow_bf16_warning(cpu_config(), flags=native, rates={"float32": 1e11, "bfloat16": 1e9}) is None
+
+
+def test_gemm_flops_is_two_flops_per_multiply_add_over_the_fastest_product(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import agentrl.core.cpu_features as features
+
+    clock = iter([0.0, 0.5, 1.0, 1.25, 2.0, 2.75])  # products of 0.5 s, 0.25 s and 0.75 s
+    monkeypatch.setattr(features, "perf_counter", lambda: next(clock))
+    assert gemm_flops("float32", size=64, repeats=3) == 2 * 64**3 / 0.25
+
+
+def test_bf16_is_left_unmeasured_where_the_cpu_emulates_it() -> None:
+    rates = bf16_gemm_rates({"avx2", "fma"})
+    assert rates["bfloat16"] is None
+    assert rates["float32"] is not None and rates["float32"] > 0
