@@ -94,7 +94,7 @@ def collect_info() -> dict[str, Any]:
 
 def bf16_summary(native: bool | None, rates: dict[str, float | None]) -> str:
     """The `CPU bf16:` line: native or emulated instructions, and the measured GEMM rates in each dtype."""
-    from agentrl.core.cpu_features import NO_NATIVE_BF16
+    from agentrl.core.cpu_features import NO_NATIVE_BF16, rate_comparison
 
     if native is False:
         return f"emulated ({NO_NATIVE_BF16}): keep float32"
@@ -103,10 +103,7 @@ def bf16_summary(native: bool | None, rates: dict[str, float | None]) -> str:
         return "unknown"
     kind = "native" if native else "instructions unknown"
     faster = "bfloat16 is faster here" if bf16 > fp32 else "float32 is faster here, keep it"
-    return (
-        f"{kind}; a matmul measured {bf16 / 1e9:.0f} GFLOP/s in bfloat16 against {fp32 / 1e9:.0f} in float32 "
-        f"({bf16 / fp32:.2f}x): {faster}"
-    )
+    return f"{kind}; a matmul measured {rate_comparison(fp32, bf16)}: {faster}"
 
 
 def info(

@@ -59,3 +59,8 @@ def bf16_gemm_rates(flags: set[str] | None) -> dict[str, float | None]:
     if native_bf16(flags) is not False:
         rates["bfloat16"] = gemm_flops("bfloat16")
     return rates
+
+
+def rate_comparison(fp32: float, bf16: float) -> str:
+    """The measured rates side by side, e.g. "150 GFLOP/s in bfloat16 against 325 in float32 (0.46x)"."""
+    return f"{bf16 / 1e9:.0f} GFLOP/s in bfloat16 against {fp32 / 1e9:.0f} in float32 ({bf16 / fp32:.2f}x)"

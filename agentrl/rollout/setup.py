@@ -212,7 +212,13 @@ def slow_bf16_warning(
     the products run in emulation, tens of times slower. With them, `rates` (FLOP/s by dtype, default
     measured here in a fraction of a second, see `bf16_gemm_rates`) decide: some such CPUs multiply bf16
     at half the fp32 rate."""
-    from agentrl.core.cpu_features import NO_NATIVE_BF16, bf16_gemm_rates, cpu_flags, native_bf16
+    from agentrl.core.cpu_features import (
+        NO_NATIVE_BF16,
+        bf16_gemm_rates,
+        cpu_flags,
+        native_bf16,
+        rate_comparison,
+    )
     from agentrl.core.models import resolve_device
 
     settings = bf16_settings(cfg)
@@ -229,9 +235,8 @@ def slow_bf16_warning(
     if fp32 is None or bf16 is None or bf16 >= fp32:
         return None
     return (
-        f"{', '.join(settings)} on a CPU where a bf16 matrix product measured {bf16 / 1e9:.0f} GFLOP/s "
-        f"against {fp32 / 1e9:.0f} in float32 ({bf16 / fp32:.2f}x), native bf16 instructions "
-        "notwithstanding: float32 is faster here"
+        f"{', '.join(settings)} on a CPU where a bf16 matrix product measured {rate_comparison(fp32, bf16)}, "
+        "native bf16 instructions notwithstanding: float32 is faster here"
     )
 
 

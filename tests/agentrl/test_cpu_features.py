@@ -60,7 +60,7 @@ def test_bf16_on_a_native_cpu_that_multiplies_it_slower_than_fp32_is_warned_with
     warning = slow_bf16_warning(cfg, flags=native, rates={"float32": 325e9, "bfloat16": 150e9})
     assert warning is not None
     assert warning.startswith("rollout.sampler_dtype=bfloat16 on a CPU where a bf16 matrix product measured")
-    assert "150 GFLOP/s against 325 in float32 (0.46x)" in warning
+    assert "150 GFLOP/s in bfloat16 against 325 in float32 (0.46x)" in warning
     assert "float32 is faster here" in warning
     assert slow_bf16_warning(cfg, flags=native, rates={"float32": 325e9, "bfloat16": 325e9}) is None
     assert slow_bf16_warning(cpu_config(), flags=native, rates={"float32": 1e11, "bfloat16": 1e9}) is None
